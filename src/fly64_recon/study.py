@@ -27,9 +27,14 @@ def dose_label(dose: float) -> str:
     and a negative exponent's sign becomes ``m``.
     """
     _check_dose(dose)
-    mantissa, exponent = f"{dose:.6e}".split("e")
+    mantissa, exponent = f"{dose:.15e}".split("e")
     mantissa = mantissa.rstrip("0").rstrip(".").replace(".", "p")
     return f"{mantissa}e{int(exponent)}".replace("-", "m")
+
+
+def parse_dose_label(label: str) -> float:
+    """Inverse of :func:`dose_label`: ``2p5e3`` -> 2500.0."""
+    return float(label.replace("p", ".").replace("m", "-"))
 
 
 def dose_namespace(dose: float) -> str:
@@ -89,18 +94,20 @@ class Job:
         return f"{self.dose_dir}/{self.view}/{self.split}"
 
     @classmethod
-    def from_namespace(cls, namespace: str, doses: Sequence[float]) -> Job:
-        """Find the job of ``dose_1e4.dense.test`` among the given doses."""
+    def from_namespace(cls, namespace: str) -> Job:
+        """The job of ``dose_1e4.dense.test``."""
         try:
             dose_ns, view, split = namespace.split(".")
+            if not dose_ns.startswith("dose_"):
+                raise ValueError
+            dose = parse_dose_label(dose_ns.removeprefix("dose_"))
         except ValueError:
             raise StudyDesignError(
                 f"namespace {namespace!r} is not of the form dose_<d>.<view>.<split>"
             ) from None
-        for dose in doses:
-            if dose_namespace(dose) == dose_ns:
-                return cls(float(dose), view, split)
-        raise StudyDesignError(f"namespace {namespace!r} names no dose of {doses}")
+        if view not in VIEWS or split not in SPLITS:
+            raise StudyDesignError(f"namespace {namespace!r}: unknown view or split")
+        return cls(dose, view, split)
 
 
 @dataclass(frozen=True)
@@ -169,8 +176,6 @@ class StudyDesign:
             for split in self.splits
         ]
 
-    def job(self, namespace: str) -> Job:
-        return Job.from_namespace(namespace, self.doses)
 
 
 def spacing_threshold(overlap_fraction: float, patch_size: int) -> float:

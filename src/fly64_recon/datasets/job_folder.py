@@ -1,0 +1,110 @@
+"""One reconstruction job's folder: ``ptychi_reconstruction.npz``, ``ptychi.log``, ``job.json``.
+
+The catalog names a job by its Kedro namespace (``dose_1e4.dense.test``); the folder is
+``<root>/dose_10000/dense/test``. Every file is written atomically and the NPZ carries
+its own provenance, so a file that exists is complete and says what it was made from.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+import fsspec
+import numpy as np
+from kedro.io import AbstractDataset, DatasetError
+from kedro.io.core import get_protocol_and_path
+
+from fly64_recon.datasets.atomic import write_atomic
+from fly64_recon.datasets.npz import npz_bytes, parse_npz
+from fly64_recon.study import Job
+
+RECONSTRUCTION_FILE = "ptychi_reconstruction.npz"
+LOG_FILE = "ptychi.log"
+RECORD_FILE = "job.json"
+PROVENANCE_KEY = "provenance"
+
+
+@dataclass
+class JobArtifacts:
+    """What a job leaves on disk; ``arrays``/``log`` are None when nothing new was made."""
+
+    record: dict[str, Any]
+    arrays: dict[str, np.ndarray] | None = None
+    log: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+class JobFolderDataset(AbstractDataset[JobArtifacts, JobArtifacts]):
+    """A job's artifact folder under ``root``, located by the job's namespace."""
+
+    def __init__(
+        self,
+        *,
+        root: str,
+        namespace: str,
+        fs_args: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        protocol, path = get_protocol_and_path(root)
+        self._protocol = protocol
+        self._fs = fsspec.filesystem(protocol, **(fs_args or {}))
+        self._namespace = namespace
+        self._folder = (
+            PurePosixPath(path) / Job.from_namespace(namespace).output_relpath
+        )
+        self.metadata = metadata
+
+    @property
+    def folder(self) -> str:
+        return self._full(self._folder)
+
+    def _full(self, path: PurePosixPath) -> str:
+        return str(path) if self._protocol == "file" else f"{self._protocol}://{path}"
+
+    def _file(self, name: str) -> str:
+        return self._full(self._folder / name)
+
+    def load(self) -> JobArtifacts:
+        """The folder as it is; missing files give an empty record / no arrays."""
+        record_path = self._file(RECORD_FILE)
+        record: dict[str, Any] = {}
+        if self._fs.exists(record_path):
+            try:
+                record = json.loads(self._fs.cat_file(record_path))
+            except json.JSONDecodeError as error:
+                raise DatasetError(f"{record_path}: not valid JSON ({error})") from None
+        arrays = None
+        provenance: dict[str, Any] = {}
+        npz_path = self._file(RECONSTRUCTION_FILE)
+        if self._fs.exists(npz_path):
+            arrays = parse_npz(self._fs.cat_file(npz_path), npz_path)
+            provenance = json.loads(str(arrays.pop(PROVENANCE_KEY, "{}")))
+        return JobArtifacts(record=record, arrays=arrays, provenance=provenance)
+
+    def save(self, data: JobArtifacts) -> None:
+        """Write what the job made, then its record (last, so it never runs ahead)."""
+        if data.arrays is not None:
+            arrays = dict(data.arrays)
+            arrays[PROVENANCE_KEY] = np.array(
+                json.dumps(data.provenance, sort_keys=True)
+            )
+            write_atomic(self._file(RECONSTRUCTION_FILE), npz_bytes(arrays), self._fs)
+        if data.log is not None:
+            write_atomic(self._file(LOG_FILE), data.log.encode(), self._fs)
+        record = json.dumps(data.record, indent=2, sort_keys=True, default=_jsonable)
+        write_atomic(self._file(RECORD_FILE), record.encode(), self._fs)
+
+    def _exists(self) -> bool:
+        return self._fs.exists(self._file(RECORD_FILE))
+
+    def _describe(self) -> dict[str, Any]:
+        return {"folder": self.folder, "namespace": self._namespace}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

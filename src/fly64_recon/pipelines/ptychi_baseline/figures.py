@@ -1,0 +1,43 @@
+"""The per-job summary figure: amplitude, phase, probe, loss curve."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+SHOWN = ("succeeded", "cached")
+
+
+def job_figure(record: dict[str, Any], arrays: dict[str, np.ndarray] | None) -> Figure:
+    """The reconstruction at a glance, or a card saying why there is none."""
+    title = f"{record.get('namespace')} — LSQML, status {record.get('status')}"
+    if record.get("status") not in SHOWN or arrays is None:
+        figure = Figure(figsize=(6, 2))
+        figure.text(0.02, 0.6, title, fontsize=11)
+        figure.text(0.02, 0.3, str(record.get("reason")), fontsize=8, wrap=True)
+        return figure
+    obj = arrays["reconstructed_object"]
+    probe = arrays["reconstructed_probe"].reshape(-1, *obj.shape[-0:0], *arrays[
+        "reconstructed_probe"
+    ].shape[-2:])[0]
+    figure = Figure(figsize=(14, 3.6), layout="constrained")
+    axes = figure.subplots(1, 4)
+    panels = (
+        (np.abs(obj), "object amplitude", "gray"),
+        (np.angle(obj), "object phase (rad)", "twilight"),
+        (np.abs(probe), "probe amplitude (mode 0)", "magma"),
+    )
+    for ax, (image, label, cmap) in zip(axes, panels, strict=False):
+        shown = ax.imshow(image, cmap=cmap)
+        ax.set_title(label)
+        ax.set_axis_off()
+        figure.colorbar(shown, ax=ax, shrink=0.8)
+    loss = arrays["loss"]
+    axes[3].semilogy(np.arange(len(loss)), loss, marker=".")
+    axes[3].set_xlabel("epoch")
+    axes[3].set_ylabel("loss")
+    axes[3].set_title(f"final loss {loss[-1]:.4g}")
+    figure.suptitle(title)
+    return figure

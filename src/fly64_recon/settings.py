@@ -1,0 +1,13 @@
+"""Kedro project settings."""
+
+from kedro.config import OmegaConfigLoader
+
+from fly64_recon.hooks import StudyRunHooks
+
+HOOKS = (StudyRunHooks(),)
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+}
