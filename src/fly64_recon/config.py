@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from kedro.config import OmegaConfigLoader
+from kedro.framework.project import settings
 from kedro.utils import find_kedro_project
 
 from fly64_recon.study import StudyDesign
@@ -36,5 +37,6 @@ def load_study_design(
         env=env or os.environ.get("KEDRO_ENV"),
         base_env="base",
         default_run_env="local",
+        merge_strategy=settings.CONFIG_LOADER_ARGS.get("merge_strategy"),
     )
     return StudyDesign.from_params(loader["parameters"]["study"])

@@ -1,7 +1,9 @@
 """DATA-001: what an NPZ of the study must hold, checked in one call.
 
 ``validate`` collects every problem of a file and raises one ``ContractError`` that
-lists them all; it returns the warnings (and logs each one with the file's path).
+lists them all; it returns the warnings (and logs each one with the file's path). Checks
+that depend on a missing or malformed key are skipped, so one broken key never hides the
+others. Beyond the DESIGN.md table, probeGuess and objectGuess must be finite too.
 
 Position convention: ``xcoords``/``ycoords`` are probe-centre positions in object
 pixels. The footprint of position (x, y) is
@@ -21,12 +23,13 @@ Intensity saved as amplitude, the mistake this contract exists for, is caught in
   the normalised intensities happen to average about 1 at the bright pixels.
 * Without them, a heuristic warns (never errors) on positive evidence only. Photon data
   are quantised: amplitudes are ``c * sqrt(k)`` and intensities ``c * k`` for integer
-  counts k and an unknown scale c. Divided by their smallest positive value, intensities
-  become integers that are not all perfect squares; amplitudes do not (sqrt(2), sqrt(3),
-  ...). Values that fit the intensity ladder get a warning. Continuous data (noise-free
-  simulations, background-corrected measurements) get none. Peak-to-mean ratios are not
-  used: for realistic probes they overlap between amplitude at low dose and intensity at
-  high dose, so measured amplitudes of tens at the centre validate silently.
+  counts k and an unknown scale c. Divided by their smallest positive value (a single
+  photon, in practice), intensities become integers that are not all perfect squares;
+  amplitudes do not (sqrt(2), sqrt(3), ...). Values that fit the intensity ladder get a
+  warning. Continuous data (noise-free simulations, background-corrected measurements)
+  get none. Peak-to-mean ratios are not used: for realistic probes they overlap between
+  amplitude at low dose and intensity at high dose, so measured amplitudes of tens at
+  the centre validate silently.
 
 Cost: the full diffraction stack is read once, in cache-sized chunks (sum of squares and
 minimum; non-finite values surface as a non-finite sum), with no full-size temporaries;
@@ -179,14 +182,14 @@ def _chunks(a: np.ndarray) -> Iterator[np.ndarray]:
     if a.ndim == 0:
         yield a.reshape(1)
         return
-    rows = max(1, _CHUNK_ELEMENTS // max(1, a[0].size))
+    rows = max(1, _CHUNK_ELEMENTS // max(1, math.prod(a.shape[1:])))
     for start in range(0, a.shape[0], rows):
         yield a[start : start + rows].reshape(-1)
 
 
 def _reduce(a: np.ndarray) -> _Reduction:
-    """One pass: NaN and Inf make the sum of squares non-finite, so they are counted
-    (in further passes) only then; fmin skips NaN."""
+    """Sum of squares and minimum in one pass; NaN and Inf are counted only when the
+    sum comes out non-finite (fmin skips NaN, so the minimum stays meaningful)."""
     total, minimum = 0.0, np.inf
     for chunk in _chunks(a):
         if chunk.size:
@@ -248,6 +251,7 @@ def _probe_problems(probe: np.ndarray, size: int | None) -> list[Problem]:
         )
     elif not _is_square_2d(probe):
         problems.append(f"shape {probe.shape} is not square (N, N)")
+    problems += _nonfinite(probe)
     return [Problem("probeGuess", m) for m in problems]
 
 
@@ -261,6 +265,7 @@ def _object_problems(obj: np.ndarray, size: int | None) -> list[Problem]:
         problems.append(f"shape {obj.shape} is not 2-D (H, W)")
     elif size is not None and (obj.shape[0] < size or obj.shape[1] < size):
         problems.append(f"shape {obj.shape} is smaller than the {size} x {size} probe")
+    problems += _nonfinite(obj)
     return [Problem("objectGuess", m) for m in problems]
 
 
@@ -279,11 +284,16 @@ def _vector_problems(
         problems.append(f"shape {a.shape} is not 1-D (n,)")
     elif n is not None and len(a) != n:
         problems.append(f"length {len(a)} differs from the {n} diffraction patterns")
-    if a.dtype.kind == "f":
-        bad = int(np.count_nonzero(~np.isfinite(a)))
-        if bad:
-            problems.append(f"{bad} of {a.size} values are not finite (NaN or Inf)")
+    problems += _nonfinite(a)
     return [Problem(key, m) for m in problems]
+
+
+def _nonfinite(a: np.ndarray) -> list[str]:
+    """A problem message when a small floating or complex array holds NaN or Inf."""
+    if a.dtype.kind not in "fc":
+        return []
+    bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+    return [f"{bad} of {a.size} values are not finite (NaN or Inf)"] if bad else []
 
 
 def _position_problems(

@@ -10,4 +10,6 @@ CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
+    # An environment (conf/full, conf/local) overrides single keys, not whole sections.
+    "merge_strategy": {"parameters": "soft", "globals": "soft", "catalog": "soft"},
 }

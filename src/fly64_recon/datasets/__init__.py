@@ -5,6 +5,9 @@ from fly64_recon.datasets.atomic import (
     write_atomic,
     write_text_atomic,
 )
+from fly64_recon.datasets.figure import JobFigureDataset
+from fly64_recon.datasets.job_folder import JobArtifacts, JobFolderDataset
+from fly64_recon.datasets.manifest import ManifestEntryDataset
 from fly64_recon.datasets.npz import (
     NPZDataset,
     NPZFormatError,
@@ -16,6 +19,10 @@ from fly64_recon.datasets.npz import (
 
 __all__ = [
     "AtomicWriteError",
+    "JobArtifacts",
+    "JobFigureDataset",
+    "JobFolderDataset",
+    "ManifestEntryDataset",
     "NPZDataset",
     "NPZFormatError",
     "NPZSource",

@@ -19,9 +19,8 @@ def job_figure(record: dict[str, Any], arrays: dict[str, np.ndarray] | None) -> 
         figure.text(0.02, 0.3, str(record.get("reason")), fontsize=8, wrap=True)
         return figure
     obj = arrays["reconstructed_object"]
-    probe = arrays["reconstructed_probe"].reshape(-1, *obj.shape[-0:0], *arrays[
-        "reconstructed_probe"
-    ].shape[-2:])[0]
+    modes = arrays["reconstructed_probe"]
+    probe = modes.reshape(-1, *modes.shape[-2:])[0]
     figure = Figure(figsize=(14, 3.6), layout="constrained")
     axes = figure.subplots(1, 4)
     panels = (

@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from fly64_recon.contract import ContractError, read_metadata, validate
 from fly64_recon.datasets.job_folder import JobArtifacts
 from fly64_recon.datasets.npz import NPZFormatError, NPZSource
 from fly64_recon.pipelines.ptychi_baseline import lsqml
+from fly64_recon.pipelines.ptychi_baseline.figures import job_figure
 from fly64_recon.pipelines.ptychi_baseline.options import BaselineOptions
 from fly64_recon.study import Job
 
@@ -243,3 +245,8 @@ def _captured_log() -> Iterator[io.StringIO]:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def record(artifacts: JobArtifacts) -> tuple[Figure, dict[str, Any]]:
+    """The job's summary figure and its manifest entry, from what is on disk."""
+    return job_figure(artifacts.record, artifacts.arrays), artifacts.record

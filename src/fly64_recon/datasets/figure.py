@@ -1,0 +1,46 @@
+"""A matplotlib figure saved as PNG into a job's folder, atomically."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from kedro.io import AbstractDataset, DatasetError
+from matplotlib.figure import Figure
+
+from fly64_recon.datasets.atomic import write_atomic
+from fly64_recon.study import Job
+
+
+class JobFigureDataset(AbstractDataset[Figure, None]):
+    """``<root>/<job folder>/<filename>`` for the job of ``namespace``; write-only."""
+
+    def __init__(
+        self,
+        *,
+        root: str,
+        namespace: str,
+        filename: str,
+        dpi: int = 100,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        folder = PurePosixPath(root) / Job.from_namespace(namespace).output_relpath
+        self._filepath = str(folder / filename)
+        self._dpi = dpi
+        self.metadata = metadata
+
+    def load(self) -> None:
+        raise DatasetError(f"{self._filepath}: a figure is written, not read back")
+
+    def save(self, data: Figure) -> None:
+        buffer = io.BytesIO()
+        data.savefig(buffer, format="png", dpi=self._dpi)
+        write_atomic(self._filepath, buffer.getvalue())
+
+    def _exists(self) -> bool:
+        return Path(self._filepath).exists()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": self._filepath, "dpi": self._dpi}
+

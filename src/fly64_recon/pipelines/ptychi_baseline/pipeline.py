@@ -1,0 +1,48 @@
+"""validate -> reconstruct -> record, written once, instantiated per job namespace."""
+
+from functools import partial
+
+from kedro.pipeline import Node, Pipeline
+
+from fly64_recon.config import load_study_design
+from fly64_recon.pipelines.ptychi_baseline.nodes import (
+    reconstruct,
+    record,
+    validate_input,
+)
+from fly64_recon.study import Job
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    design = kwargs.get("design") or load_study_design()
+    return sum((job_pipeline(job) for job in design.jobs()), Pipeline([]))
+
+
+def job_pipeline(job: Job) -> Pipeline:
+    """One job under namespace ``dose_1e4.dense.test``, reading its study file."""
+    return Pipeline(
+        [
+            Node(
+                partial(validate_input, job=job),
+                ["input_npz", "params:ptychi_baseline"],
+                "checked_input",
+                name="validate",
+            ),
+            Node(
+                reconstruct,
+                ["checked_input", "previous_job_artifacts", "params:ptychi_baseline"],
+                "job_artifacts",
+                name="reconstruct",
+            ),
+            Node(
+                record,
+                "job_artifacts",
+                ["reconstruction_plot", "manifest_entry"],
+                name="record",
+            ),
+        ],
+        namespace=job.namespace,
+        inputs={"input_npz": f"{job.input_dataset}@source"},
+        parameters={"params:ptychi_baseline": "params:ptychi_baseline"},
+        tags=["ptychi_baseline", job.view, job.split],
+    )

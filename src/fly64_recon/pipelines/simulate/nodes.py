@@ -1,0 +1,185 @@
+"""Nodes of the simulate pipeline: ``params:simulate`` in, DATA-001 arrays out."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from fly64_recon.pipelines.simulate import physics
+from fly64_recon.study import Job, spacing_threshold
+
+SOURCE = "fly64_recon.simulate"
+# Keys whose first axis runs over scan positions; a view subsets exactly these.
+PER_POSITION_KEYS = ("diffraction", "xcoords", "ycoords", "scan_index", "Y")
+
+logger = logging.getLogger(__name__)
+
+
+def make_probe(params: dict[str, Any]) -> np.ndarray:
+    """The focused probe of ``params:simulate``."""
+    return physics.make_probe(params["patch_size"], **params["probe"])
+
+
+def make_object(params: dict[str, Any]) -> np.ndarray:
+    """The seeded ground-truth object of ``params:simulate``."""
+    return physics.make_object(
+        tuple(params["object_shape"]),
+        physics.object_rng(params["seed"]),
+        **params["object"],
+    )
+
+
+def make_scan(params: dict[str, Any]) -> np.ndarray:
+    """Probe-centre positions ``[y, x]`` of the configured scan pattern."""
+    scan = params["scan"]
+    shape = tuple(params["object_shape"])
+    rng = physics.scan_rng(params["seed"])
+    if scan["pattern"] == "fly":
+        return physics.fly_scan(
+            shape,
+            params["patch_size"],
+            scan["rows"],
+            scan["points_per_row"],
+            scan["jitter"],
+            scan["margin"],
+            rng,
+        )
+    if scan["pattern"] == "random":
+        return physics.random_scan(
+            shape, params["patch_size"], scan["n_positions"], scan["margin"], rng
+        )
+    raise ValueError(
+        f"simulate.scan.pattern must be one of {physics.SCAN_PATTERNS}, "
+        f"got {scan['pattern']!r}"
+    )
+
+
+def simulate_dose(
+    probe: np.ndarray,
+    obj: np.ndarray,
+    scan: np.ndarray,
+    params: dict[str, Any],
+    *,
+    dose: float,
+    splits: tuple[str, ...],
+) -> dict[str, dict[str, np.ndarray]]:
+    """The Phase C files of one dose: the whole scan's Poisson patterns, split by y."""
+    train, test, middle = physics.split_by_y(scan)
+    indices = {"train": train, "test": test}
+    # Simulating split by split keeps each split's patterns contiguous (no copies).
+    amplitudes, scale = physics.simulate_amplitudes(
+        probe,
+        obj,
+        scan[np.concatenate([train, test])],
+        dose,
+        np.random.default_rng(physics.noise_entropy(params["seed"], dose)),
+        params["chunk_size"],
+    )
+    rows = {"train": slice(0, len(train)), "test": slice(len(train), len(scan))}
+    metadata = {
+        "source": SOURCE,
+        "dose": float(dose),
+        "seed": params["seed"],
+        "noise_entropy": physics.noise_entropy(params["seed"], dose),
+        "intensity_scale": scale,
+        "diffraction": "sqrt(photon counts) / intensity_scale, DC at the centre",
+        "scan_pattern": params["scan"]["pattern"],
+        "split_y": middle,
+        "patch_size": probe.shape[-1],
+        "object_shape": list(obj.shape),
+        "n_scan_positions": len(scan),
+    }
+    return {
+        split: _phase_c_file(
+            amplitudes[rows[split]],
+            probe,
+            obj,
+            scan,
+            indices[split],
+            params["write_ground_truth_patches"],
+            {**metadata, "split": split, "n_positions": len(indices[split])},
+        )
+        for split in splits
+    }
+
+
+def select_view(
+    phase_c: dict[str, np.ndarray],
+    params: dict[str, Any],
+    *,
+    view: str,
+    overlap: float,
+) -> dict[str, np.ndarray]:
+    """The Phase D file of one view: the Phase C positions that obey its spacing."""
+    metadata = read_metadata(phase_c)
+    positions = np.stack([phase_c["ycoords"], phase_c["xcoords"]], axis=1)
+    threshold = spacing_threshold(overlap, phase_c["diffraction"].shape[-1])
+    keep, strategy = physics.select_spaced(
+        positions, threshold, params["min_view_positions"]
+    )
+    if len(keep) < params["min_view_positions"]:
+        logger.warning(
+            "%s view of the %s split at dose %g keeps %d positions, fewer than "
+            "min_view_positions=%d",
+            view,
+            metadata["split"],
+            metadata["dose"],
+            len(keep),
+            params["min_view_positions"],
+        )
+    source = Job(metadata["dose"], "baseline", metadata["split"]).input_relpath
+    metadata.update(
+        overlap_view=view,
+        overlap_fraction=overlap,
+        spacing_threshold=threshold,
+        source_file=PurePosixPath(source).name,
+        n_positions=len(keep),
+        n_accepted=len(keep),
+        n_rejected=len(positions) - len(keep),
+        acceptance_rate=len(keep) / len(positions),
+        selection_strategy=strategy,
+    )
+    arrays = {
+        key: value[keep] if key in PER_POSITION_KEYS else value
+        for key, value in phase_c.items()
+    }
+    return {**arrays, "_metadata": metadata_array(metadata)}
+
+
+def read_metadata(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The ``_metadata`` JSON of a study file as a dict."""
+    return json.loads(str(arrays["_metadata"]))
+
+
+def metadata_array(metadata: dict[str, Any]) -> np.ndarray:
+    """``_metadata`` as the 0-d unicode array DATA-001 stores."""
+    return np.array(json.dumps(metadata))
+
+
+def _phase_c_file(
+    amplitudes: np.ndarray,
+    probe: np.ndarray,
+    obj: np.ndarray,
+    scan: np.ndarray,
+    index: np.ndarray,
+    with_patches: bool,
+    metadata: dict[str, Any],
+) -> dict[str, np.ndarray]:
+    """One Phase C split as DATA-001 arrays."""
+    arrays = {
+        "diffraction": amplitudes,
+        "probeGuess": probe,
+        "objectGuess": obj,
+        "xcoords": scan[index, 1],
+        "ycoords": scan[index, 0],
+        "scan_index": index.astype(np.int64),
+    }
+    if with_patches:
+        arrays["Y"] = np.ascontiguousarray(
+            physics.extract_patches(obj, scan[index], probe.shape[-1])
+        )
+    return {**arrays, "_metadata": metadata_array(metadata)}
