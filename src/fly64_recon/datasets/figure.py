@@ -14,19 +14,19 @@ from fly64_recon.study import Job
 
 
 class JobFigureDataset(AbstractDataset[Figure, None]):
-    """``<root>/<job folder>/<filename>`` for the job of ``namespace``; write-only."""
+    """``<path>/<job folder>/<file>`` for the job of ``namespace``; write-only."""
 
     def __init__(
         self,
         *,
-        root: str,
+        path: str,
         namespace: str,
-        filename: str,
+        file: str,
         dpi: int = 100,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        folder = PurePosixPath(root) / Job.from_namespace(namespace).output_relpath
-        self._filepath = str(folder / filename)
+        folder = PurePosixPath(path) / Job.from_namespace(namespace).output_relpath
+        self._filepath = str(folder / file)
         self._dpi = dpi
         self.metadata = metadata
 

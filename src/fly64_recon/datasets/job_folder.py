@@ -1,7 +1,7 @@
 """One reconstruction job's folder: ``ptychi_reconstruction.npz``, ``ptychi.log``, ``job.json``.
 
 The catalog names a job by its Kedro namespace (``dose_1e4.dense.test``); the folder is
-``<root>/dose_10000/dense/test``. Every file is written atomically and the NPZ carries
+``<path>/dose_10000/dense/test``. Every file is written atomically and the NPZ carries
 its own provenance, so a file that exists is complete and says what it was made from.
 """
 
@@ -38,22 +38,22 @@ class JobArtifacts:
 
 
 class JobFolderDataset(AbstractDataset[JobArtifacts, JobArtifacts]):
-    """A job's artifact folder under ``root``, located by the job's namespace."""
+    """A job's artifact folder under ``path``, located by the job's namespace."""
 
     def __init__(
         self,
         *,
-        root: str,
+        path: str,
         namespace: str,
         fs_args: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        protocol, path = get_protocol_and_path(root)
+        protocol, root = get_protocol_and_path(path)
         self._protocol = protocol
         self._fs = fsspec.filesystem(protocol, **(fs_args or {}))
         self._namespace = namespace
         self._folder = (
-            PurePosixPath(path) / Job.from_namespace(namespace).output_relpath
+            PurePosixPath(root) / Job.from_namespace(namespace).output_relpath
         )
         self.metadata = metadata
 
