@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from kedro.config import OmegaConfigLoader
 
 from fly64_recon.pipelines.simulate import nodes
@@ -44,6 +45,45 @@ def timed(rows: list[tuple[str, float]], label: str, func: Callable, *args, **kw
     return result
 
 
+def simulate_dose(
+    rows: list[tuple[str, float]],
+    design: StudyDesign,
+    probe: np.ndarray,
+    obj: np.ndarray,
+    scan: np.ndarray,
+    params: dict[str, Any],
+    dose: float,
+) -> list[tuple[str, str, int]]:
+    """Time one dose's patterns and views; return (view, split, positions) per view."""
+    files = timed(
+        rows,
+        f"dose {dose:g}: patterns",
+        nodes.simulate_dose,
+        probe,
+        obj,
+        scan,
+        params,
+        dose=dose,
+        splits=design.splits,
+    )
+    return [
+        (view, split, len(view_file["xcoords"]))
+        for view in design.phase_d_views
+        for split, phase_c in files.items()
+        for view_file in [
+            timed(
+                rows,
+                f"dose {dose:g}: {view} {split}",
+                nodes.select_view,
+                phase_c,
+                params,
+                view=view,
+                overlap=design.overlap[view],
+            )
+        ]
+    ]
+
+
 def main() -> None:
     """Simulate every dose of the design at the chosen scale and report."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -57,32 +97,11 @@ def main() -> None:
     probe = timed(rows, "probe", nodes.make_probe, params)
     obj = timed(rows, "object", nodes.make_object, params)
     scan = timed(rows, "scan", nodes.make_scan, params)
-    counts = []
-    for dose in design.doses:
-        files = timed(
-            rows,
-            f"dose {dose:g}: patterns",
-            nodes.simulate_dose,
-            probe,
-            obj,
-            scan,
-            params,
-            dose=dose,
-            splits=design.splits,
-        )
-        for view in design.phase_d_views:
-            for split, phase_c in files.items():
-                view_file = timed(
-                    rows,
-                    f"dose {dose:g}: {view} {split}",
-                    nodes.select_view,
-                    phase_c,
-                    params,
-                    view=view,
-                    overlap=design.overlap[view],
-                )
-                counts.append((view, split, len(view_file["xcoords"])))
-        del files
+    counts = [
+        count
+        for dose in design.doses
+        for count in simulate_dose(rows, design, probe, obj, scan, params, dose)
+    ]
     size = params["patch_size"]
     print(f"env {env}: N = {size}, object {tuple(obj.shape)}, {len(scan)} positions")
     print(f"{'stage':<32}{'seconds':>10}")

@@ -336,13 +336,13 @@ def test_catalog_transcoding_gives_both_faces_of_one_file(tmp_path):
     )
     catalog = DataCatalog.from_config(loader["catalog"])
 
-    catalog.save("phase_c.dose_1000.patched_train@arrays", _arrays())
-    source = catalog.load("phase_c.dose_1000.patched_train@source")
+    catalog.save("phase_c__dose_1000__patched_train@arrays", _arrays())
+    source = catalog.load("phase_c__dose_1000__patched_train@source")
     assert isinstance(source, NPZSource)
     assert source.path == str(tmp_path / "c" / "dose_1000" / "patched_train.npz")
     _assert_same(source.load()[0], _arrays())
 
-    catalog.save("phase_d.dose_1000.dense.dense_test@arrays", {"a": np.arange(2)})
-    dense = catalog.load("phase_d.dose_1000.dense.dense_test@source")
+    catalog.save("phase_d__dose_1000__dense__dense_test@arrays", {"a": np.arange(2)})
+    dense = catalog.load("phase_d__dose_1000__dense__dense_test@source")
     assert dense.path == str(tmp_path / "d" / "dose_1000" / "dense" / "dense_test.npz")
     assert dense.exists()

@@ -76,10 +76,13 @@ class Job:
 
     @property
     def input_dataset(self) -> str:
-        """The catalog name (without transcoding) of this job's input NPZ."""
+        """The catalog name (without transcoding) of this job's input NPZ.
+
+        ``__`` separates the parts: Kedro reserves ``.`` for namespaces.
+        """
         if self.view == "baseline":
-            return f"phase_c.{self.dose_dir}.patched_{self.split}"
-        return f"phase_d.{self.dose_dir}.{self.view}.{self.view}_{self.split}"
+            return f"phase_c__{self.dose_dir}__patched_{self.split}"
+        return f"phase_d__{self.dose_dir}__{self.view}__{self.view}_{self.split}"
 
     @property
     def input_relpath(self) -> str:

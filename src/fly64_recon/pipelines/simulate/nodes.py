@@ -71,12 +71,13 @@ def simulate_dose(
     train, test, middle = physics.split_by_y(scan)
     indices = {"train": train, "test": test}
     # Simulating split by split keeps each split's patterns contiguous (no copies).
+    order = np.concatenate([train, test])
     amplitudes, scale = physics.simulate_amplitudes(
         probe,
         obj,
-        scan[np.concatenate([train, test])],
+        scan[order],
         dose,
-        np.random.default_rng(physics.noise_entropy(params["seed"], dose)),
+        physics.noise_keys(params["seed"], dose, order),
         params["chunk_size"],
     )
     rows = {"train": slice(0, len(train)), "test": slice(len(train), len(scan))}
@@ -84,7 +85,7 @@ def simulate_dose(
         "source": SOURCE,
         "dose": float(dose),
         "seed": params["seed"],
-        "noise_entropy": physics.noise_entropy(params["seed"], dose),
+        "noise_rng": "numpy default_rng(noise_keys(seed, dose, scan_index)) per pattern",
         "intensity_scale": scale,
         "diffraction": "sqrt(photon counts) / intensity_scale, DC at the centre",
         "scan_pattern": params["scan"]["pattern"],

@@ -12,7 +12,9 @@ Pure array code (numpy, with scipy's FFT and KD-tree). Conventions, shared with
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.fft as sfft
@@ -35,9 +37,17 @@ def scan_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng([seed, _SCAN_STREAM])
 
 
-def noise_entropy(seed: int, dose: float) -> list[int]:
-    """Seed entropy of a dose's photon noise: keyed by the dose's value, not its index."""
-    return [seed, _NOISE_STREAM, int(np.float64(dose).view(np.uint64))]
+def noise_keys(seed: int, dose: float, scan_index: np.ndarray) -> np.ndarray:
+    """Seed entropy of each pattern's photon noise: (seed, dose value, scan index).
+
+    Keyed by the dose's value, not its place in the list, so adding a dose changes no
+    other dose's files.
+    """
+    dose_bits = int(np.float64(dose).view(np.uint64))
+    keys = np.empty((len(scan_index), 4), dtype=np.uint64)
+    keys[:] = [seed, _NOISE_STREAM, dose_bits, 0]
+    keys[:, 3] = scan_index
+    return keys
 
 
 def make_probe(
@@ -219,27 +229,36 @@ def simulate_amplitudes(
     obj: np.ndarray,
     positions: np.ndarray,
     dose: float,
-    rng: np.random.Generator,
+    noise_keys: np.ndarray,
     chunk_size: int,
-    workers: int = -1,
+    workers: int | None = None,
 ) -> tuple[np.ndarray, float]:
     """Poisson-noisy amplitudes ``sqrt(counts) / scale`` (float32) and the scale.
 
-    The scale makes the mean noise-free total count per pattern equal ``dose``. Chunks
-    bound the working memory; one buffer holds the intensities and then the amplitudes.
+    The scale makes the mean noise-free total count per pattern equal ``dose``. Each
+    pattern draws its noise from ``default_rng(noise_keys[i])``, so the bytes do not
+    depend on chunking or threads. Chunks bound the working memory and run on
+    ``workers`` threads (default: every core); one buffer holds the intensities and
+    then the amplitudes.
     """
     size = probe.shape[-1]
-    n = len(positions)
-    data = np.empty((n, size, size), dtype=np.float32)
-    total = 0.0
-    for chunk in _chunks(n, chunk_size):
-        patches = extract_patches(obj, positions[chunk], size, workers)
-        data[chunk] = far_field(probe, patches, workers)
-        total += float(data[chunk].sum(dtype=np.float64))
-    scale = float(np.sqrt(dose * n / total))
-    for chunk in _chunks(n, chunk_size):
-        counts = rng.poisson(data[chunk].astype(np.float64) * scale**2)
-        data[chunk] = np.sqrt(counts) / scale
+    data = np.empty((len(positions), size, size), dtype=np.float32)
+
+    def intensities(chunk: slice) -> None:
+        patches = extract_patches(obj, positions[chunk], size, workers=1)
+        data[chunk] = far_field(probe, patches, workers=1)
+
+    def amplitudes(chunk: slice) -> None:
+        for i in range(chunk.start, chunk.stop):
+            rate = data[i].astype(np.float64) * scale**2
+            data[i] = np.sqrt(np.random.default_rng(noise_keys[i]).poisson(rate)) / scale
+
+    chunks = _chunks(len(positions), chunk_size)
+    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+        list(pool.map(intensities, chunks))
+        totals = data.sum(axis=(1, 2), dtype=np.float64)
+        scale = float(np.sqrt(dose / totals.mean()))
+        list(pool.map(amplitudes, chunks))
     return data, scale
 
 
@@ -268,19 +287,16 @@ def greedy_selection(positions: np.ndarray, threshold: float) -> np.ndarray:
 
     Returns the accepted indices in ascending (scan) order.
     """
-    n = len(positions)
-    pairs = cKDTree(positions).query_pairs(threshold, output_type="ndarray")
-    gap = positions[pairs[:, 0]] - positions[pairs[:, 1]]
-    pairs = pairs[np.sqrt((gap**2).sum(axis=1)) < threshold]
-    edges = np.concatenate([pairs, pairs[:, ::-1]])
-    edges = edges[np.argsort(edges[:, 0], kind="stable")]
-    bounds = np.searchsorted(edges[:, 0], np.arange(n + 1))
-    blocked = np.zeros(n, dtype=bool)
+    tree = cKDTree(positions)
+    blocked = np.zeros(len(positions), dtype=bool)
     accepted = []
     for i in np.lexsort((positions[:, 1], positions[:, 0])):
-        if not blocked[i]:
-            accepted.append(i)
-            blocked[edges[bounds[i] : bounds[i + 1], 1]] = True
+        if blocked[i]:
+            continue
+        accepted.append(i)
+        near = np.asarray(tree.query_ball_point(positions[i], threshold), dtype=int)
+        gap = positions[near] - positions[i]
+        blocked[near[np.sqrt((gap**2).sum(axis=1)) < threshold]] = True
     return np.sort(np.asarray(accepted, dtype=np.int64))
 
 
