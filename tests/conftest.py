@@ -1,9 +1,12 @@
 """Shared fixtures: tiny studies made by the project's own simulate code."""
 
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 
@@ -71,3 +74,42 @@ def known_object_study() -> dict:
         slice(int(study["xcoords"].min()) + 4, int(study["xcoords"].max()) - 4),
     )
     return study
+
+
+# A tiny copy of the Kedro project, for end-to-end `kedro run` tests (simulate's).
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TINY_ENV = "tiny"
+TINY_DOSES = (1000.0, 100000.0)
+TINY_SIMULATE = {
+    "patch_size": 16,
+    "object_shape": [112, 112],
+    "probe": {"aperture": 0.5, "beam_diameter": 0.5},
+    "scan": {"rows": 12, "points_per_row": 12, "n_positions": 144},
+    "chunk_size": 32,
+    "min_view_positions": 5,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_kedro_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A temporary project: ``conf/`` and ``pyproject.toml`` copied, ``src/`` linked.
+
+    Its ``tiny`` environment (``--env tiny``) overrides only what makes the study
+    small: doses ``TINY_DOSES`` and ``TINY_SIMULATE`` (N = 16, 144 positions); the
+    project's deep merge keeps the rest of ``conf/base``. ``conf/local`` starts empty.
+    """
+    root = tmp_path_factory.mktemp("tiny_project")
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", root)
+    shutil.copytree(
+        PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local")
+    )
+    (root / "conf" / "local").mkdir()
+    (root / "src").symlink_to(PROJECT_ROOT / "src", target_is_directory=True)
+    tiny = root / "conf" / TINY_ENV
+    tiny.mkdir()
+    study = {"study": {"doses": list(TINY_DOSES)}}
+    (tiny / "globals.yml").write_text(yaml.safe_dump(study))
+    simulate = {"simulate": TINY_SIMULATE}
+    (tiny / "parameters_simulate.yml").write_text(yaml.safe_dump(simulate))
+    return root

@@ -79,7 +79,10 @@ def test_skip_summary_lists_skipped_jobs_with_reasons(tmp_path):
     assert summary == {
         "skipped_count": 1,
         "skipped_jobs": [
-            {"namespace": "dose_1e3.dense.test", "reason": "input file not found: x.npz"}
+            {
+                "namespace": "dose_1e3.dense.test",
+                "reason": "input file not found: x.npz",
+            }
         ],
     }
 

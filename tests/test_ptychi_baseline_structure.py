@@ -55,7 +55,9 @@ def test_a_view_of_a_dose_is_its_two_jobs(pipeline):
 
 def test_the_test_split_of_every_dose_by_tag(pipeline):
     selected = pipeline.only_nodes_with_tags("test")
-    assert jobs_of(selected) == {j.namespace for j in DESIGN.jobs() if j.split == "test"}
+    assert jobs_of(selected) == {
+        j.namespace for j in DESIGN.jobs() if j.split == "test"
+    }
 
 
 def test_validation_runs_before_any_reconstruction(pipeline):

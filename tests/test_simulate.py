@@ -374,7 +374,9 @@ def test_same_seed_same_bytes(params, truth, phase_c):
 def test_chunking_and_threads_do_not_change_the_noise(params, truth, phase_c):
     other = {**params, "chunk_size": 7}
     files = nodes.simulate_dose(*truth, other, dose=1000.0, splits=("train",))
-    assert np.array_equal(files["train"]["diffraction"], phase_c[1000.0]["train"]["diffraction"])
+    assert np.array_equal(
+        files["train"]["diffraction"], phase_c[1000.0]["train"]["diffraction"]
+    )
     probe, obj, scan = truth
     keys = physics.noise_keys(7, 1000.0, np.arange(len(scan)))
     one, _ = physics.simulate_amplitudes(probe, obj, scan, 1000.0, keys, 50, workers=1)
@@ -411,7 +413,11 @@ def test_pipeline_writes_every_study_file_from_shared_ground_truth():
     }
     assert len(by_name) == 3 + 2 * 5
     expected = {f"{job.input_dataset}@arrays" for job in design.jobs()}
-    assert pipeline.outputs() == expected
+    assert pipeline.all_outputs() == expected | {
+        "simulate.probe",
+        "simulate.object",
+        "simulate.scan",
+    }
     assert pipeline.inputs() == {"params:simulate"}
     simulate = by_name["simulate.dose_1e4.simulate_dose"]
     assert simulate.inputs == [

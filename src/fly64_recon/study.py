@@ -7,7 +7,7 @@ jobs, namespaces and folders through it, so there is one naming rule.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,7 +178,6 @@ class StudyDesign:
             for view in self.views
             for split in self.splits
         ]
-
 
 
 def spacing_threshold(overlap_fraction: float, patch_size: int) -> float:

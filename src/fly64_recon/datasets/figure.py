@@ -43,4 +43,3 @@ class JobFigureDataset(AbstractDataset[Figure, None]):
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": self._filepath, "dpi": self._dpi}
-

@@ -235,12 +235,16 @@ def _captured_log() -> Iterator[io.StringIO]:
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
-    root = logging.getLogger()
+    root, ptychi = logging.getLogger(), logging.getLogger("ptychi")
+    level = ptychi.level
+    # pty-chi's per-epoch lines are INFO: the job log keeps them whatever the console shows.
+    ptychi.setLevel(min(ptychi.getEffectiveLevel(), logging.INFO))
     root.addHandler(handler)
     try:
         yield buffer
     finally:
         root.removeHandler(handler)
+        ptychi.setLevel(level)
 
 
 def _now() -> str:

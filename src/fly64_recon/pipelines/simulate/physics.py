@@ -64,7 +64,9 @@ def make_probe(
     r = np.hypot(k[:, None], k[None, :])
     radius = aperture * size / 2
     # Edges one pixel soft: hard ones ring across the whole frame.
-    pupil = np.clip(radius - r + 0.5, 0, 1) * np.clip(r - central_stop * radius + 0.5, 0, 1)
+    pupil = np.clip(radius - r + 0.5, 0, 1) * np.clip(
+        r - central_stop * radius + 0.5, 0, 1
+    )
     # A defocus of w waves at the rim displaces rim rays by 2*size*w/radius pixels,
     # so w = beam_diameter * radius / 4 gives the requested beam diameter.
     phase = np.pi * beam_diameter * r**2 / (2 * radius)
@@ -212,7 +214,9 @@ def extract_patches(
     freq = sfft.fftfreq(width)
     ramp_y = np.exp(2j * np.pi * freq[None, :] * fraction[:, :1]).astype(np.complex64)
     ramp_x = np.exp(2j * np.pi * freq[None, :] * fraction[:, 1:]).astype(np.complex64)
-    spectrum = sfft.fft2(crops, workers=workers) * ramp_y[:, :, None] * ramp_x[:, None, :]
+    spectrum = (
+        sfft.fft2(crops, workers=workers) * ramp_y[:, :, None] * ramp_x[:, None, :]
+    )
     shifted = sfft.ifft2(spectrum, overwrite_x=True, workers=workers)
     return shifted[:, _SHIFT_PAD:-_SHIFT_PAD, _SHIFT_PAD:-_SHIFT_PAD]
 
@@ -251,7 +255,9 @@ def simulate_amplitudes(
     def amplitudes(chunk: slice) -> None:
         for i in range(chunk.start, chunk.stop):
             rate = data[i].astype(np.float64) * scale**2
-            data[i] = np.sqrt(np.random.default_rng(noise_keys[i]).poisson(rate)) / scale
+            data[i] = (
+                np.sqrt(np.random.default_rng(noise_keys[i]).poisson(rate)) / scale
+            )
 
     chunks = _chunks(len(positions), chunk_size)
     with ThreadPoolExecutor(workers or os.cpu_count()) as pool:

@@ -1,0 +1,188 @@
+"""One job's nodes: validation, skip/fail/cache/dry-run, failure reasons, the job folder."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import simulate_phase_c, tiny_simulate_params
+
+from fly64_recon.datasets import JobArtifacts, JobFolderDataset, NPZSource, npz_bytes
+from fly64_recon.pipelines.ptychi_baseline import lsqml, nodes
+from fly64_recon.pipelines.ptychi_baseline.options import BaselineOptions
+from fly64_recon.study import Job
+
+JOB = Job(1000.0, "dense", "test")
+PARAMS = {
+    "device": "cpu",
+    "lsqml": {"reconstructor_options": {"num_epochs": 2, "batch_size": 16}},
+}
+
+
+@pytest.fixture(scope="module")
+def study_file():
+    params = tiny_simulate_params(patch_size=16, object_size=48, rows=6)
+    return simulate_phase_c(params, 1000.0)["test"]
+
+
+@pytest.fixture
+def source(tmp_path, study_file):
+    path = tmp_path / "dense_test.npz"
+    path.write_bytes(npz_bytes(study_file))
+    return NPZSource(str(path))
+
+
+@pytest.fixture
+def empty_folder(tmp_path):
+    return JobFolderDataset(path=str(tmp_path / "out"), namespace=JOB.namespace)
+
+
+def test_a_valid_input_is_ready_with_the_hash_of_its_bytes(source, study_file):
+    checked = nodes.validate_input(source, PARAMS, JOB)
+
+    assert checked.status == "ready"
+    assert checked.sha256 == hashlib.sha256(open(source.path, "rb").read()).hexdigest()
+    np.testing.assert_array_equal(
+        checked.arrays["diffraction"], study_file["diffraction"]
+    )
+
+
+def test_a_missing_input_skips_the_job(tmp_path):
+    missing = NPZSource(str(tmp_path / "nowhere.npz"))
+
+    checked = nodes.validate_input(missing, PARAMS, JOB)
+
+    assert checked.status == "skipped"
+    assert "nowhere.npz" in checked.reason
+
+
+def test_strict_turns_a_missing_input_into_an_error(tmp_path):
+    missing = NPZSource(str(tmp_path / "nowhere.npz"))
+
+    with pytest.raises(nodes.MissingInputError, match="nowhere.npz"):
+        nodes.validate_input(missing, {**PARAMS, "strict": True}, JOB)
+
+
+def test_a_broken_input_fails_the_job_naming_file_and_key(tmp_path, study_file):
+    path = tmp_path / "bad.npz"
+    bad = dict(study_file, xcoords=study_file["xcoords"][:-1])
+    path.write_bytes(npz_bytes(bad))
+
+    checked = nodes.validate_input(NPZSource(str(path)), PARAMS, JOB)
+
+    assert checked.status == "failed"
+    assert str(path) in checked.reason and "xcoords" in checked.reason
+
+
+def test_a_truncated_input_fails_the_job(tmp_path, source):
+    path = tmp_path / "cut.npz"
+    path.write_bytes(open(source.path, "rb").read()[:100])
+
+    checked = nodes.validate_input(NPZSource(str(path)), PARAMS, JOB)
+
+    assert checked.status == "failed"
+    assert str(path) in checked.reason
+
+
+def test_unknown_parameters_are_refused():
+    with pytest.raises(ValueError, match="unknown parameter"):
+        BaselineOptions.from_params({"num_epochs": 3})
+
+
+@pytest.mark.parametrize("status", ["failed", "skipped"])
+def test_jobs_that_cannot_run_pass_their_status_on(status, empty_folder):
+    checked = nodes.CheckedInput(JOB, "x.npz", status, "why")
+
+    out = nodes.reconstruct(checked, empty_folder.load(), PARAMS)
+
+    assert out.arrays is None
+    assert (out.record["status"], out.record["reason"]) == (status, "why")
+
+
+def test_a_fresh_job_reconstructs_then_a_rerun_is_cached(source, empty_folder):
+    checked = nodes.validate_input(source, PARAMS, JOB)
+
+    first = nodes.reconstruct(checked, empty_folder.load(), PARAMS)
+    empty_folder.save(first)
+    again = nodes.reconstruct(checked, empty_folder.load(), PARAMS)
+    changed = {**PARAMS, "object_init": "ground_truth"}
+    recomputed = nodes.reconstruct(checked, empty_folder.load(), changed)
+
+    record = first.record
+    assert record["status"] == "succeeded"
+    assert record["n_patterns"] == len(checked.arrays["diffraction"])
+    assert record["device"] == "cpu" and record["num_epochs"] == 2
+    assert np.isfinite(record["final_loss"]) and record["wall_time_s"] > 0
+    obj = first.arrays["reconstructed_object"]
+    assert obj.dtype == np.complex64 and obj.shape == (48, 48)
+    assert first.arrays["reconstructed_probe"].shape == (1, 1, 16, 16)
+    assert first.arrays["loss"].shape == (2,)
+    assert "Epoch" in first.log
+    assert again.record["status"] == "cached" and again.arrays is None
+    assert again.record["final_loss"] == record["final_loss"]
+    assert recomputed.record["status"] == "succeeded"
+
+
+def test_dry_run_plans_without_reconstructing(source, empty_folder, monkeypatch):
+    monkeypatch.setattr(lsqml, "run_lsqml", pytest.fail)
+    checked = nodes.validate_input(source, PARAMS, JOB)
+
+    out = nodes.reconstruct(checked, empty_folder.load(), {**PARAMS, "dry_run": True})
+
+    assert out.record["status"] == "planned" and out.arrays is None
+
+
+def test_divergence_fails_the_job_and_saves_no_result(
+    source, empty_folder, monkeypatch
+):
+    def diverge(inputs, options, device, on_epoch=None):
+        on_epoch(0, 1.0)
+        on_epoch(1, float("nan"))
+
+    monkeypatch.setattr(lsqml, "run_lsqml", diverge)
+    checked = nodes.validate_input(source, PARAMS, JOB)
+
+    out = nodes.reconstruct(checked, empty_folder.load(), PARAMS)
+
+    assert out.record["status"] == "failed"
+    assert "diverged" in out.record["reason"] and "epoch 1" in out.record["reason"]
+    assert out.arrays is None
+
+
+def test_out_of_memory_fails_with_advice(source, empty_folder, monkeypatch):
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+
+    monkeypatch.setattr(lsqml, "run_lsqml", oom)
+    checked = nodes.validate_input(source, PARAMS, JOB)
+
+    out = nodes.reconstruct(checked, empty_folder.load(), PARAMS)
+
+    assert out.record["status"] == "failed"
+    assert "batch_size (now 16)" in out.record["reason"]
+
+
+def test_max_patterns_is_a_seeded_recorded_subset():
+    options = BaselineOptions(max_patterns=5, subsample_seed=456)
+
+    first, second = nodes.subsample(20, options), nodes.subsample(20, options)
+
+    np.testing.assert_array_equal(first, second)
+    assert len(first) == 5 and np.all(np.diff(first) > 0)
+    np.testing.assert_array_equal(nodes.subsample(4, options), np.arange(4))
+
+
+def test_a_failed_rerun_keeps_the_earlier_reconstruction(empty_folder):
+    arrays = {"reconstructed_object": np.ones((4, 4), np.complex64)}
+    done = {"status": "succeeded", "input_sha256": "a"}
+    empty_folder.save(JobArtifacts(done, arrays=arrays, log="ok\n", provenance=done))
+
+    empty_folder.save(JobArtifacts({"status": "failed", "reason": "NaN"}, log="bad\n"))
+
+    folder = empty_folder.load()
+    assert folder.record["status"] == "failed"
+    assert folder.provenance == done
+    np.testing.assert_array_equal(folder.arrays["reconstructed_object"], 1)
+    record_file = f"{empty_folder.folder}/job.json"
+    assert json.loads(open(record_file).read())["reason"] == "NaN"
