@@ -93,7 +93,10 @@ TINY_SIMULATE = {
 
 @pytest.fixture(scope="session")
 def tiny_kedro_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A temporary project: ``conf/`` and ``pyproject.toml`` copied, ``src/`` linked.
+    """A temporary project: ``conf/`` and ``pyproject.toml`` copied, ``src/`` empty.
+
+    The package is imported from where it is installed (or ``PYTHONPATH``); Kedro
+    only needs ``src/`` to exist inside the project.
 
     Its ``tiny`` environment (``--env tiny``) overrides only what makes the study
     small: doses ``TINY_DOSES`` and ``TINY_SIMULATE`` (N = 16, 144 positions); the
@@ -105,7 +108,7 @@ def tiny_kedro_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local")
     )
     (root / "conf" / "local").mkdir()
-    (root / "src").symlink_to(PROJECT_ROOT / "src", target_is_directory=True)
+    (root / "src").mkdir()
     tiny = root / "conf" / TINY_ENV
     tiny.mkdir()
     study = {"study": {"doses": list(TINY_DOSES)}}

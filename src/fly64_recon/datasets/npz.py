@@ -7,7 +7,7 @@ import hashlib
 import io
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -148,6 +148,31 @@ class NPZSource:
         """Return the arrays and the sha256 hex digest of the bytes they came from."""
         data = self.read_bytes()
         return parse_npz(data, self.path), hashlib.sha256(data).hexdigest()
+
+    def load_members(self, keys: Iterable[str]) -> dict[str, np.ndarray]:
+        """Read only the named members the file has (zip members are read lazily)."""
+        fs, path = self._fs_path()
+        try:
+            handle = fs.open(path, "rb")
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(
+                errno.ENOENT, "NPZ file not found", self.path
+            ) from exc
+        with handle:
+            try:
+                npz = np.load(handle, allow_pickle=False)
+            except _READ_ERRORS as exc:
+                raise NPZFormatError(
+                    f"{self.path}: not a readable NPZ archive: {exc}"
+                ) from exc
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise NPZFormatError(f"{self.path}: a .npy array, not an NPZ archive")
+            with npz:
+                return {
+                    key: _read_member(npz, key, self.path)
+                    for key in keys
+                    if key in npz.files
+                }
 
 
 def _filesystem(
