@@ -1,5 +1,7 @@
 """pty-chi options from parameters, DATA-001 -> pty-chi conversion, and a real LSQML run."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -47,9 +49,15 @@ def test_option_mistakes_are_named(params, message):
         lsqml.build_options(params, "cpu")
 
 
-def test_auto_device_is_cpu_without_cuda(monkeypatch):
+def test_auto_device_is_cpu_without_cuda_with_one_warning(monkeypatch, caplog):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    lsqml._warn_cpu_fallback.cache_clear()
+
     assert lsqml.resolve_device("auto") == "cpu"
+    assert lsqml.resolve_device("auto") == "cpu"
+
+    warnings = [r for r in caplog.records if "no CUDA device" in r.getMessage()]
+    assert len(warnings) == 1
     with pytest.raises(RuntimeError, match="no CUDA device"):
         lsqml.resolve_device("cuda:1")
     with pytest.raises(lsqml.OptionsError, match="auto, cpu, cuda or cuda:N"):
@@ -91,8 +99,11 @@ def test_unknown_object_init_is_refused():
         )
 
 
-def test_lsqml_reconstructs_a_known_object_on_cpu(known_object_study):
+def test_lsqml_reconstructs_a_known_object_on_cpu(known_object_study, monkeypatch):
     """The conventions are right if LSQML from a flat start converges on the truth."""
+    # Under a launcher pty-chi would start an NCCL process group; a job must not.
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
     study = known_object_study
     inputs = lsqml.to_ptychi_inputs(
         study["diffraction"],
@@ -111,6 +122,7 @@ def test_lsqml_reconstructs_a_known_object_on_cpu(known_object_study):
     result = lsqml.run_lsqml(inputs, options, "cpu")
 
     assert (torch.get_default_device(), torch.get_default_dtype()) == (device, dtype)
+    assert os.environ["WORLD_SIZE"] == "2"
     assert result.object.shape == study["objectGuess"].shape
     assert result.loss.shape == (12,)
     assert result.loss[-1] < 0.1 * result.loss[1]

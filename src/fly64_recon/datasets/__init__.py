@@ -7,6 +7,7 @@ from fly64_recon.datasets.atomic import (
 )
 from fly64_recon.datasets.figure import JobFigureDataset
 from fly64_recon.datasets.job_folder import JobArtifacts, JobFolderDataset
+from fly64_recon.datasets.job_json import JobJSONDataset
 from fly64_recon.datasets.manifest import ManifestEntryDataset
 from fly64_recon.datasets.npz import (
     NPZDataset,
@@ -22,6 +23,7 @@ __all__ = [
     "JobArtifacts",
     "JobFigureDataset",
     "JobFolderDataset",
+    "JobJSONDataset",
     "ManifestEntryDataset",
     "NPZDataset",
     "NPZFormatError",

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -27,6 +29,9 @@ OPTION_SECTIONS = (
     "probe_position_options",
     "opr_mode_weight_options",
 )
+
+
+LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
 class OptionsError(ValueError):
@@ -104,7 +109,10 @@ def _assign(target: Any, values: Mapping[str, Any], where: str) -> None:
 def resolve_device(requested: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda:N`` as given."""
     if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            return "cuda"
+        _warn_cpu_fallback()
+        return "cpu"
     if requested == "cpu":
         return "cpu"
     if requested == "cuda" or requested.startswith("cuda:"):
@@ -116,6 +124,11 @@ def resolve_device(requested: str) -> str:
     raise OptionsError(
         f"ptychi_baseline.device must be auto, cpu, cuda or cuda:N, got {requested!r}"
     )
+
+
+@functools.cache
+def _warn_cpu_fallback() -> None:
+    logger.warning("device auto: torch sees no CUDA device, reconstructing on the CPU")
 
 
 def to_ptychi_inputs(
@@ -241,9 +254,14 @@ def _isolated_torch_state(device: str) -> Iterator[None]:
     previous_cuda = torch.cuda.current_device() if torch.cuda.is_initialized() else None
     if device.startswith("cuda:"):
         torch.cuda.set_device(device)
+    # With these set (torchrun, some schedulers) pty-chi starts an NCCL process group.
+    launcher = {
+        name: os.environ.pop(name) for name in LAUNCHER_ENV if name in os.environ
+    }
     try:
         yield
     finally:
+        os.environ.update(launcher)
         torch.set_default_device(saved[0])
         torch.set_default_dtype(saved[1])
         torch.set_rng_state(saved[2])
