@@ -22,6 +22,7 @@ from fly64_recon.settings import CONFIG_LOADER_ARGS
 from fly64_recon.study import StudyDesign
 
 PROJECT = Path(__file__).resolve().parents[1]
+Row = tuple[str, float, float]
 
 
 def load_parameters(env: str) -> dict[str, Any]:
@@ -37,16 +38,16 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def timed(rows: list[tuple[str, float]], label: str, func: Callable, *args, **kw):
-    """Call ``func``, append (label, seconds) to ``rows``, return its result."""
-    start = time.perf_counter()
+def timed(rows: list[Row], label: str, func: Callable, *args, **kw):
+    """Call ``func``, append (label, wall s, CPU s of all threads), return its result."""
+    wall, cpu = time.perf_counter(), time.process_time()
     result = func(*args, **kw)
-    rows.append((label, time.perf_counter() - start))
+    rows.append((label, time.perf_counter() - wall, time.process_time() - cpu))
     return result
 
 
 def simulate_dose(
-    rows: list[tuple[str, float]],
+    rows: list[Row],
     design: StudyDesign,
     probe: np.ndarray,
     obj: np.ndarray,
@@ -93,7 +94,7 @@ def main() -> None:
     params = parameters["simulate"]
     design = StudyDesign.from_params(parameters["study"])
     rss_start = peak_rss_mib()
-    rows: list[tuple[str, float]] = []
+    rows: list[Row] = []
     probe = timed(rows, "probe", nodes.make_probe, params)
     obj = timed(rows, "object", nodes.make_object, params)
     scan = timed(rows, "scan", nodes.make_scan, params)
@@ -104,10 +105,11 @@ def main() -> None:
     ]
     size = params["patch_size"]
     print(f"env {env}: N = {size}, object {tuple(obj.shape)}, {len(scan)} positions")
-    print(f"{'stage':<32}{'seconds':>10}")
-    for label, seconds in rows:
-        print(f"{label:<32}{seconds:>10.2f}")
-    print(f"{'total':<32}{sum(s for _, s in rows):>10.2f}")
+    print(f"{'stage':<32}{'wall s':>10}{'CPU s':>10}")
+    for label, wall, cpu in rows:
+        print(f"{label:<32}{wall:>10.2f}{cpu:>10.2f}")
+    total_wall, total_cpu = (sum(row[i] for row in rows) for i in (1, 2))
+    print(f"{'total':<32}{total_wall:>10.2f}{total_cpu:>10.2f}")
     print(f"peak RSS: {peak_rss_mib():.0f} MiB (after imports: {rss_start:.0f} MiB)")
     for view, split, n in counts[: 2 * len(design.phase_d_views)]:
         print(f"{view} {split}: {n} positions")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import pdist
 
+from fly64_recon.contract import read_metadata
 from fly64_recon.pipelines.simulate import create_pipeline, nodes, physics
 from fly64_recon.study import Job, StudyDesign, spacing_threshold
 
@@ -83,7 +84,7 @@ def phase_d(params, phase_c) -> dict[tuple[float, str, str], dict[str, np.ndarra
 
 def counts_of(arrays: dict[str, np.ndarray]) -> np.ndarray:
     return physics.photon_counts(
-        arrays["diffraction"], nodes.read_metadata(arrays)["intensity_scale"]
+        arrays["diffraction"], read_metadata(arrays)["intensity_scale"]
     )
 
 
@@ -192,7 +193,7 @@ def test_mean_total_counts_match_the_dose(phase_c, dose):
 def test_poisson_counts_are_recovered_exactly(params, truth, phase_c):
     probe, obj, scan = truth
     arrays = phase_c[1000.0]["test"]
-    scale = nodes.read_metadata(arrays)["intensity_scale"]
+    scale = read_metadata(arrays)["intensity_scale"]
     index = arrays["scan_index"]
     rates = physics.far_field(
         probe, physics.extract_patches(obj, scan[index], 16), 1
@@ -235,7 +236,7 @@ def test_split_by_y_at_the_midpoint(truth, phase_c):
         i = arrays["scan_index"]
         assert np.array_equal(arrays["ycoords"], scan[i, 0])
         assert np.array_equal(arrays["xcoords"], scan[i, 1])
-        assert nodes.read_metadata(arrays)["n_positions"] == len(i)
+        assert read_metadata(arrays)["n_positions"] == len(i)
 
 
 def test_every_view_keeps_its_spacing(phase_d):
@@ -255,7 +256,7 @@ def test_views_subset_phase_c_consistently(phase_c, phase_d):
             assert np.array_equal(arrays[key], source[key][rows])
         for key in ("probeGuess", "objectGuess"):
             assert np.array_equal(arrays[key], source[key])
-        meta = nodes.read_metadata(arrays)
+        meta = read_metadata(arrays)
         n = len(source["xcoords"])
         assert meta["n_accepted"] == len(rows) == meta["n_positions"]
         assert meta["n_accepted"] + meta["n_rejected"] == n
@@ -329,7 +330,7 @@ def test_phase_c_file_content(params, phase_c):
     assert arrays["xcoords"].dtype == arrays["ycoords"].dtype == np.float64
     assert arrays["scan_index"].dtype == np.int64
     assert arrays["_metadata"].shape == () and arrays["_metadata"].dtype.kind == "U"
-    meta = nodes.read_metadata(arrays)
+    meta = read_metadata(arrays)
     assert meta["source"] == "fly64_recon.simulate"
     assert meta["dose"] == 1000.0 and meta["seed"] == params["seed"]
     assert meta["scan_pattern"] == "fly" and meta["split"] == "train"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import PROJECT_ROOT, TINY_DOSES, TINY_ENV
 
-from fly64_recon.pipelines.simulate.nodes import read_metadata
+from fly64_recon.contract import read_metadata
 from fly64_recon.study import Job, StudyDesign, spacing_threshold
 
 pytestmark = pytest.mark.e2e

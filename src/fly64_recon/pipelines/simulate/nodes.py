@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from fly64_recon.contract import read_metadata
 from fly64_recon.pipelines.simulate import physics
 from fly64_recon.study import Job, spacing_threshold
 
@@ -85,7 +86,8 @@ def simulate_dose(
         "source": SOURCE,
         "dose": float(dose),
         "seed": params["seed"],
-        "noise_rng": "numpy default_rng(noise_keys(seed, dose, scan_index)) per pattern",
+        "noise_rng": "per pattern: numpy.random.default_rng([seed, 3, "
+        "<float64 bits of dose as uint64>, scan_index]).poisson",
         "intensity_scale": scale,
         "diffraction": "sqrt(photon counts) / intensity_scale, DC at the centre",
         "scan_pattern": params["scan"]["pattern"],
@@ -149,11 +151,6 @@ def select_view(
         for key, value in phase_c.items()
     }
     return {**arrays, "_metadata": metadata_array(metadata)}
-
-
-def read_metadata(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The ``_metadata`` JSON of a study file as a dict."""
-    return json.loads(str(arrays["_metadata"]))
 
 
 def metadata_array(metadata: dict[str, Any]) -> np.ndarray:

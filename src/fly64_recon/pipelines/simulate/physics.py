@@ -214,17 +214,19 @@ def extract_patches(
     freq = sfft.fftfreq(width)
     ramp_y = np.exp(2j * np.pi * freq[None, :] * fraction[:, :1]).astype(np.complex64)
     ramp_x = np.exp(2j * np.pi * freq[None, :] * fraction[:, 1:]).astype(np.complex64)
-    spectrum = (
-        sfft.fft2(crops, workers=workers) * ramp_y[:, :, None] * ramp_x[:, None, :]
-    )
+    spectrum = sfft.fft2(crops, overwrite_x=True, workers=workers)
+    spectrum *= ramp_y[:, :, None] * ramp_x[:, None, :]
     shifted = sfft.ifft2(spectrum, overwrite_x=True, workers=workers)
     return shifted[:, _SHIFT_PAD:-_SHIFT_PAD, _SHIFT_PAD:-_SHIFT_PAD]
 
 
 def far_field(probe: np.ndarray, patches: np.ndarray, workers: int) -> np.ndarray:
     """Noise-free far-field intensities ``|fftshift(fft2(probe * patch))|^2``; float32."""
-    spectrum = sfft.fft2(probe * patches, norm="ortho", workers=workers)
-    intensity = spectrum.real**2 + spectrum.imag**2
+    spectrum = sfft.fft2(
+        probe * patches, norm="ortho", overwrite_x=True, workers=workers
+    )
+    intensity = np.square(spectrum.real)
+    intensity += np.square(spectrum.imag)
     return sfft.fftshift(intensity, axes=(-2, -1))
 
 
