@@ -91,18 +91,17 @@ TINY_SIMULATE = {
 }
 
 
-@pytest.fixture(scope="session")
-def tiny_kedro_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def make_tiny_project(
+    root: Path, doses: tuple[float, ...], parameters: dict[str, dict] | None = None
+) -> Path:
     """A temporary project: ``conf/`` and ``pyproject.toml`` copied, ``src/`` empty.
 
-    The package is imported from where it is installed (or ``PYTHONPATH``); Kedro
-    only needs ``src/`` to exist inside the project.
-
-    Its ``tiny`` environment (``--env tiny``) overrides only what makes the study
-    small: doses ``TINY_DOSES`` and ``TINY_SIMULATE`` (N = 16, 144 positions); the
-    project's deep merge keeps the rest of ``conf/base``. ``conf/local`` starts empty.
+    The package is imported from where it is installed; Kedro only needs ``src/`` to
+    exist inside the project. Its ``tiny`` environment (``--env tiny``) overrides only
+    what makes the study small: the doses, ``TINY_SIMULATE`` (N = 16, 144 positions)
+    and any ``parameters`` (``{"ptychi_baseline": {...}}``); the project's deep merge
+    keeps the rest of ``conf/base``. ``conf/local`` starts empty.
     """
-    root = tmp_path_factory.mktemp("tiny_project")
     shutil.copy(PROJECT_ROOT / "pyproject.toml", root)
     shutil.copytree(
         PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local")
@@ -111,8 +110,13 @@ def tiny_kedro_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "src").mkdir()
     tiny = root / "conf" / TINY_ENV
     tiny.mkdir()
-    study = {"study": {"doses": list(TINY_DOSES)}}
-    (tiny / "globals.yml").write_text(yaml.safe_dump(study))
-    simulate = {"simulate": TINY_SIMULATE}
-    (tiny / "parameters_simulate.yml").write_text(yaml.safe_dump(simulate))
+    (tiny / "globals.yml").write_text(yaml.safe_dump({"study": {"doses": list(doses)}}))
+    for name, values in {"simulate": TINY_SIMULATE, **(parameters or {})}.items():
+        (tiny / f"parameters_{name}.yml").write_text(yaml.safe_dump({name: values}))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_kedro_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny project with doses ``TINY_DOSES``."""
+    return make_tiny_project(tmp_path_factory.mktemp("tiny_project"), TINY_DOSES)

@@ -20,7 +20,9 @@ Intensity saved as amplitude, the mistake this contract exists for, is caught in
   transmission. So a file passes while measured / dose lies within a factor
   ``TOTALS_FACTOR * exp(TOTALS_SIGMAS / sqrt(dose * n))`` (2x, widened by five Poisson
   standard deviations). Intensity saved instead is off by orders of magnitude, unless
-  the normalised intensities happen to average about 1 at the bright pixels.
+  the normalised intensities happen to average about 1 at the bright pixels; then the
+  photon counts decide: ``(amplitude * intensity_scale) ** 2`` is whole for amplitude,
+  ``amplitude * intensity_scale ** 2`` for intensity.
 * Without them, a heuristic warns (never errors) on positive evidence only. Photon data
   are quantised: amplitudes are ``c * sqrt(k)`` and intensities ``c * k`` for integer
   counts k and an unknown scale c. Divided by their smallest positive value (a single
@@ -63,6 +65,7 @@ FOOTPRINT_TOLERANCE_PX = 1e-6
 TOTALS_FACTOR = 2.0
 TOTALS_SIGMAS = 5.0
 HEURISTIC_SAMPLE_PATTERNS = 16
+COUNTS_CHECK_BELOW = 1e4  # where float32 still resolves single photons
 _CHUNK_ELEMENTS = 2**16  # 256 KiB of float32: the reductions of a chunk share the cache
 
 
@@ -115,6 +118,7 @@ def validate(arrays: Mapping[str, np.ndarray], path: str) -> list[str]:
     if diffraction is not None and stats is not None and stats.is_clean() and n:
         if "intensity_scale" in metadata and "dose" in metadata:
             problems += _totals_problems(metadata, stats.sum_of_squares / n, n)
+            problems += _counts_problems(diffraction, metadata)
         else:
             warnings += _heuristic_warnings(diffraction)
 
@@ -415,14 +419,48 @@ def _totals_problems(metadata: dict, mean_total: float, n: int) -> list[Problem]
     ]
 
 
-def _heuristic_warnings(diffraction: np.ndarray) -> list[str]:
-    """Warn when the values climb the photon-count ladder of intensities (see module doc)."""
+def _sampled_positive(diffraction: np.ndarray) -> np.ndarray:
+    """The positive values of ``HEURISTIC_SAMPLE_PATTERNS`` evenly spaced patterns."""
     n = diffraction.shape[0]
     picks = np.unique(
         np.linspace(0, n - 1, min(n, HEURISTIC_SAMPLE_PATTERNS)).astype(int)
     )
     values = diffraction[picks].astype(np.float64).ravel()
-    positive = values[values > 0]
+    return values[values > 0]
+
+
+def _whole_counts(values: np.ndarray) -> bool:
+    """All values below ``COUNTS_CHECK_BELOW`` are whole numbers (float32 rounding allowed)."""
+    low = values[values < COUNTS_CHECK_BELOW]
+    return low.size > 0 and bool(np.all(np.abs(low - np.rint(low)) <= 1e-2))
+
+
+def _counts_problems(diffraction: np.ndarray, metadata: dict) -> list[Problem]:
+    """With a known scale, photon counts tell amplitude from intensity exactly.
+
+    Amplitude is sqrt(counts) / scale, so (amplitude * scale)**2 is whole; intensity
+    saved instead is counts / scale**2, so amplitude * scale**2 is whole and its square
+    is not. The totals check alone misses this when amplitudes peak near 1.
+    """
+    scale = _positive_number(metadata, "intensity_scale")
+    values = _sampled_positive(diffraction)
+    if scale is None or scale == 1.0 or values.size == 0:
+        return []
+    if _whole_counts((values * scale) ** 2) or not _whole_counts(values * scale**2):
+        return []
+    return [
+        Problem(
+            "diffraction",
+            "amplitude * intensity_scale^2 gives whole photon counts but "
+            "(amplitude * intensity_scale)^2 does not: looks like intensity saved as "
+            "amplitude (amplitude is sqrt(counts) / intensity_scale)",
+        )
+    ]
+
+
+def _heuristic_warnings(diffraction: np.ndarray) -> list[str]:
+    """Warn when the values climb the photon-count ladder of intensities (see module doc)."""
+    positive = _sampled_positive(diffraction)
     if positive.size == 0:
         return []
     ladder = positive / positive.min()

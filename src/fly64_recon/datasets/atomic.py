@@ -98,8 +98,9 @@ def _remove_temp_object(fs: fsspec.AbstractFileSystem, path: str) -> None:
 
 def _write_error(filepath: str, exc: Exception) -> AtomicWriteError:
     """Build an AtomicWriteError that names the target and keeps the errno."""
-    message = f"could not write {filepath} {exc}"
     errno_ = getattr(exc, "errno", None)
     if errno_ is None:
-        return AtomicWriteError(message)
-    return AtomicWriteError(errno_, message)
+        return AtomicWriteError(f"could not write {filepath}: {exc}")
+    # OSError's str() already leads with "[Errno N]": give the errno once.
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return AtomicWriteError(errno_, f"could not write {filepath}: {reason}")

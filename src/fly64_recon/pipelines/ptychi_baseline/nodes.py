@@ -116,6 +116,7 @@ def _base_record(checked: CheckedInput, options: BaselineOptions) -> dict[str, A
         "n_patterns": None,
         "n_patterns_total": None,
         "device": None,
+        "worker": worker_name(),
         "status": None,
         "reason": checked.reason,
         "warnings": checked.warnings,
@@ -245,6 +246,16 @@ def _captured_log() -> Iterator[io.StringIO]:
     finally:
         root.removeHandler(handler)
         ptychi.setLevel(level)
+
+
+def worker_name() -> str:
+    """The Dask worker running this job (its ``--name``), or ``local`` outside Dask."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().name)
+    except (ImportError, ValueError):
+        return "local"
 
 
 def _now() -> str:

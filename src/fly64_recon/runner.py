@@ -1,0 +1,390 @@
+"""Run the study on a Dask cluster: one node per task, one task per worker process.
+
+Kedro's documented Dask recipe (``DaskRunner``), brought up to Kedro 1.x's
+``AbstractRunner``::
+
+    kedro run --env dask --runner fly64_recon.runner.DaskRunner \\
+        --runner-params address=tcp://scheduler:8786
+
+The scheduler's address comes from ``--runner-params``, else from Dask's
+``scheduler-address`` setting (e.g. ``DASK_SCHEDULER_ADDRESS``); without one the
+runner starts a local cluster: one worker process per visible GPU, each seeing only its
+own (``CUDA_VISIBLE_DEVICES``), or ``n_workers`` CPU workers. Every worker runs one task
+at a time, because pty-chi changes process-wide torch state.
+
+Unlike the recipe, a node is submitted once the nodes it depends on have finished
+rather than chained to their futures: for as long as a client holds the future of a
+finished task whose result was on a worker that died, Dask computes it again, so chained
+futures would rerun finished jobs after a lost worker.
+
+Where things run:
+
+- A worker loads a node's inputs, runs it and saves its outputs through the catalog;
+  persisted datasets need storage every worker sees (``conf/dask`` persists the data
+  that crosses node boundaries on it).
+- The driver (the ``kedro run`` process) calls the project's node hooks when a worker
+  reports that a node started and when it finished. The task sends the node's outputs
+  back, so ``after_node_run`` sees them as under the SequentialRunner (``inputs`` stay
+  on the worker and reach the hooks empty). MemoryDatasets live in the driver, as in a
+  sequential run, and travel to the worker inside the task of the node that loads them.
+- Dataset hooks do not run: their state would be spread over the workers.
+
+A worker that dies mid-task is replaced and its task runs again elsewhere, up to Dask's
+``distributed.scheduler.allowed-failures`` times. A node that raises is retried
+``retries`` times (default 0: an error stops the run, as in a sequential run).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+import dask
+from distributed import Client, Future, Nanny, Scheduler, SpecCluster, get_worker, wait
+from distributed.system import MEMORY_LIMIT
+from kedro.framework.hooks import hook_impl
+from kedro.framework.hooks.manager import _create_hook_manager
+from kedro.framework.project import LOGGING, configure_logging
+from kedro.io import CatalogProtocol, DataCatalog, MemoryDataset
+from kedro.pipeline import Pipeline
+from kedro.pipeline.node import Node
+from kedro.runner import AbstractRunner
+from kedro.runner.task import Task
+from pluggy import PluginManager
+
+START_TOPIC = "fly64_recon.node-started"
+DEFAULT_CPU_WORKERS = 2
+WORKER_WAIT_S = 120
+POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    """What a task sends back to the driver: the node's outputs and where it ran."""
+
+    outputs: dict[str, Any]
+    worker: str
+
+
+class _WorkerProbe:
+    """Worker-side hooks: tell the driver a node started, keep the node's outputs."""
+
+    def __init__(self) -> None:
+        self.outputs: dict[str, Any] = {}
+
+    @hook_impl
+    def before_node_run(self, node: Node) -> None:
+        worker = get_worker()
+        # The scheduler stamps the worker's address as "worker"; the name is ours.
+        worker.log_event(START_TOPIC, {"node": node.name, "name": str(worker.name)})
+
+    @hook_impl
+    def after_node_run(self, outputs: dict[str, Any]) -> None:
+        self.outputs = outputs
+
+
+def run_node_task(
+    node: Node,
+    catalog: CatalogProtocol,
+    is_async: bool,
+    run_id: str | None,
+    logging_config: dict[str, Any],
+) -> NodeResult:
+    """Run one node in a Dask worker, logging as the driver does; hooks run there."""
+    configure_logging(logging_config)
+    probe = _WorkerProbe()
+    hooks = _create_hook_manager()
+    hooks.register(probe)
+    Task(node, catalog, is_async, hooks, run_id).execute()
+    return NodeResult(probe.outputs, str(get_worker().name))
+
+
+class DaskRunner(AbstractRunner):
+    """Submit each node to a Dask cluster once the nodes it depends on have finished."""
+
+    def __init__(
+        self,
+        address: str | None = None,
+        n_workers: int | None = None,
+        retries: int = 0,
+        is_async: bool = False,
+    ) -> None:
+        """Connect to ``address`` at run time, or start ``n_workers`` local workers."""
+        super().__init__(is_async=is_async)
+        self._address = address
+        self._n_workers = n_workers
+        self._retries = retries
+
+    def _get_executor(self, max_workers: int) -> None:
+        return None
+
+    def _run(
+        self,
+        pipeline: Pipeline,
+        catalog: CatalogProtocol,
+        hook_manager: PluginManager | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        with self._client() as client:
+            _DriverLoop(self, client, pipeline, catalog, hook_manager, run_id).run()
+
+    @contextmanager
+    def _client(self) -> Iterator[Client]:
+        address = self._address or dask.config.get("scheduler-address", None)
+        if address:
+            with Client(address) as client:
+                yield self._ready(client)
+            return
+        with local_cluster(self._n_workers) as cluster, Client(cluster) as client:
+            yield self._ready(client)
+
+    def _ready(self, client: Client) -> Client:
+        client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+        self._logger.info(
+            "Dask scheduler %s with %d worker(s); dashboard %s",
+            client.scheduler.address,
+            len(client.scheduler_info(n_workers=-1)["workers"]),
+            client.dashboard_link,
+        )
+        return client
+
+
+class _DriverLoop:
+    """One pipeline run: submit ready nodes, call node hooks, collect outputs."""
+
+    def __init__(
+        self,
+        runner: DaskRunner,
+        client: Client,
+        pipeline: Pipeline,
+        catalog: CatalogProtocol,
+        hook_manager: PluginManager,
+        run_id: str | None,
+    ) -> None:
+        self.runner = runner
+        self.client = client
+        self.pipeline = pipeline
+        self.catalog = catalog
+        self.hooks = hook_manager.hook
+        self.run_id = run_id
+        self.resources = task_resources(client)
+        self.levels = {
+            node: level
+            for level, group in enumerate(pipeline.grouped_nodes)
+            for node in group
+        }
+        self.load_counts = Counter(
+            chain.from_iterable(n.inputs for n in pipeline.nodes)
+        )
+        self.nodes = {node.name: node for node in pipeline.nodes}
+        self.todo = set(pipeline.nodes)
+        self.done: set[Node] = set()
+        self.running: dict[Future, Node] = {}
+        self.announced: set[str] = set()
+        self.starts: queue.SimpleQueue[dict[str, str]] = queue.SimpleQueue()
+        handoffs = memory_handoffs(pipeline, catalog)
+        if handoffs:
+            runner._logger.info(
+                "These MemoryDatasets pass from node to node through the driver: %s",
+                ", ".join(handoffs),
+            )
+
+    def run(self) -> None:
+        """Until every node has finished; the first node error stops the run."""
+        self.client.subscribe_topic(
+            START_TOPIC, lambda event: self.starts.put(event[1])
+        )
+        while self.todo or self.running:
+            self._submit_ready()
+            with suppress(TimeoutError):
+                wait(list(self.running), timeout=POLL_S, return_when="FIRST_COMPLETED")
+            self._announce_starts()
+            for future in [f for f in self.running if f.done()]:
+                self._finish(self.running.pop(future), future)
+
+    def _submit_ready(self) -> None:
+        dependencies = self.pipeline.node_dependencies
+        ready = {node for node in self.todo if dependencies[node] <= self.done}
+        if not ready and not self.running:
+            self.runner._raise_runtime_error(self.todo, self.done, ready, None)
+        for node in ready:
+            future = self.client.submit(
+                run_node_task,
+                node,
+                task_catalog(node, self.catalog),
+                self.runner._is_async,
+                self.run_id,
+                dict(LOGGING),
+                key=f"{node.name}-{uuid.uuid4().hex[:8]}",
+                resources=self.resources,
+                retries=self.runner._retries,
+                # Breadth first, as the SequentialRunner's topological order.
+                priority=-self.levels[node],
+                pure=False,
+            )
+            self.running[future] = node
+        self.todo -= ready
+
+    def _announce_starts(self) -> None:
+        while not self.starts.empty():
+            event = self.starts.get()
+            node = self.nodes[event["node"]]
+            if node in self.done:
+                continue
+            again = "again " if node.name in self.announced else ""
+            self.runner._logger.info(
+                "Started %snode %s on worker %s", again, node.name, event["name"]
+            )
+            self._announce(node)
+
+    def _announce(self, node: Node) -> None:
+        if node.name in self.announced:
+            return
+        self.announced.add(node.name)
+        responses = self.hooks.before_node_run(
+            node=node,
+            catalog=self.catalog,
+            inputs={},
+            is_async=self.runner._is_async,
+            run_id=self.run_id,
+        )
+        if any(responses or []):
+            self.runner._logger.warning(
+                "before_node_run hooks returned inputs for %s: the DaskRunner loads "
+                "inputs on the worker and cannot replace them",
+                node.name,
+            )
+
+    def _finish(self, node: Node, future: Future) -> None:
+        try:
+            result: NodeResult = future.result()
+        except Exception as error:
+            self._fail(node, error)
+            raise
+        finally:
+            future.release()
+        self._announce(node)
+        self.hooks.after_node_run(
+            node=node,
+            catalog=self.catalog,
+            inputs={},
+            outputs=result.outputs,
+            is_async=self.runner._is_async,
+            run_id=self.run_id,
+        )
+        for name, data in result.outputs.items():
+            if isinstance(self.catalog.get(name), MemoryDataset):
+                self.catalog.save(name, data)
+        self.done.add(node)
+        logger = self.runner._logger
+        logger.info("Completed node: %s (on worker %s)", node.name, result.worker)
+        logger.info(
+            "Completed %d out of %d tasks", len(self.done), len(self.pipeline.nodes)
+        )
+        self.runner._release_datasets(
+            node, self.catalog, self.load_counts, self.pipeline
+        )
+
+    def _fail(self, node: Node, error: BaseException) -> None:
+        self.client.cancel(list(self.running))
+        self.hooks.on_node_error(
+            error=error,
+            node=node,
+            catalog=self.catalog,
+            inputs={},
+            is_async=self.runner._is_async,
+            run_id=self.run_id,
+        )
+        self.runner._suggest_resume_scenario(self.pipeline, self.done, self.catalog)
+
+
+def memory_handoffs(pipeline: Pipeline, catalog: CatalogProtocol) -> list[str]:
+    """The MemoryDatasets that one node of ``pipeline`` saves and another loads."""
+    saved = set(chain.from_iterable(node.outputs for node in pipeline.nodes))
+    loaded = set(chain.from_iterable(node.inputs for node in pipeline.nodes))
+    return sorted(
+        name
+        for name in saved & loaded
+        if isinstance(
+            catalog.get(name, fallback_to_runtime_pattern=True), MemoryDataset
+        )
+    )
+
+
+def task_catalog(node: Node, catalog: CatalogProtocol) -> DataCatalog:
+    """The datasets one node loads and saves, MemoryDatasets with their data."""
+    names = [*node.inputs, *node.outputs]
+    return DataCatalog(
+        datasets={
+            name: catalog.get(name, fallback_to_runtime_pattern=True) for name in names
+        }
+    )
+
+
+def task_resources(client: Client) -> dict[str, float] | None:
+    """A ``GPU`` slot per task where every worker has GPUs; else one thread a worker."""
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    if workers and all("GPU" in w.get("resources", {}) for w in workers):
+        return {"GPU": 1}
+    crowded = [w["name"] for w in workers if w["nthreads"] > 1]
+    if crowded:
+        raise RuntimeError(
+            f"Dask workers {crowded} run several tasks at once, but a pty-chi job "
+            "changes process-wide torch state: start workers with --nthreads 1, or "
+            "give every worker --resources GPU=1"
+        )
+    return None
+
+
+def local_cluster(n_workers: int | None = None) -> SpecCluster:
+    """A scheduler and the workers of :func:`worker_specs` on this machine."""
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1"}}
+    return SpecCluster(
+        workers=worker_specs(n_workers),
+        scheduler=scheduler,
+        silence_logs=logging.WARNING,
+    )
+
+
+def worker_specs(n_workers: int | None = None) -> dict[str, dict[str, Any]]:
+    """A single-threaded worker per visible GPU (at most ``n_workers``), else CPU."""
+    gpus = visible_gpus()[:n_workers]
+    if gpus:
+        return {
+            f"gpu{gpu}": _nanny(len(gpus), {"CUDA_VISIBLE_DEVICES": gpu}, {"GPU": 1})
+            for gpu in gpus
+        }
+    count = n_workers or DEFAULT_CPU_WORKERS
+    return {f"cpu{i}": _nanny(count, {}, {}) for i in range(count)}
+
+
+def _nanny(
+    count: int, env: dict[str, str], resources: dict[str, float]
+) -> dict[str, Any]:
+    options = {
+        "nthreads": 1,
+        "host": "127.0.0.1",
+        "memory_limit": MEMORY_LIMIT // count,
+        "env": env,
+        "resources": resources,
+    }
+    return {"cls": Nanny, "options": options}
+
+
+def visible_gpus() -> list[str]:
+    """This process's GPUs, as ``CUDA_VISIBLE_DEVICES`` entries for one worker each."""
+    import torch  # noqa: PLC0415 - only a local cluster needs to count GPUs
+
+    count = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return [str(i) for i in range(count)]
+    return [gpu.strip() for gpu in listed.split(",") if gpu.strip()][:count]

@@ -1,0 +1,322 @@
+"""The study on a Dask cluster: the sequential run's results; a lost worker survived."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
+from types import SimpleNamespace
+
+import dask
+import numpy as np
+import pytest
+import yaml
+from distributed import Client
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+from kedro.runner import AbstractRunner, SequentialRunner
+
+from fly64_recon import runner as dask_runner
+from fly64_recon.runner import (
+    START_TOPIC,
+    DaskRunner,
+    local_cluster,
+    memory_handoffs,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+ENV = "dask"
+DESIGN = {
+    "doses": [1000.0, 100000.0],
+    "views": ["baseline", "sparse"],
+    "splits": ["test"],
+}
+TINY = {
+    "simulate": {
+        "patch_size": 16,
+        "object_shape": [64, 64],
+        "probe": {"aperture": 0.5, "beam_diameter": 0.5},
+        "scan": {"rows": 8, "points_per_row": 8, "n_positions": 64},
+        "chunk_size": 32,
+        "min_view_positions": 4,
+    },
+    "ptychi_baseline": {"lsqml": {"reconstructor_options": {"num_epochs": 3}}},
+}
+RECONSTRUCTION = "ptychi_reconstruction.npz"
+
+
+# Fast checks of how the local cluster and the tasks are shaped.
+
+
+def test_a_cpu_machine_gets_single_threaded_cpu_workers(monkeypatch):
+    monkeypatch.setattr(dask_runner, "visible_gpus", lambda: [])
+    specs = dask_runner.worker_specs()
+    assert list(specs) == ["cpu0", "cpu1"]
+    for spec in specs.values():
+        assert spec["options"]["nthreads"] == 1
+        assert spec["options"]["env"] == {} and spec["options"]["resources"] == {}
+    assert list(dask_runner.worker_specs(3)) == ["cpu0", "cpu1", "cpu2"]
+
+
+def test_a_gpu_machine_gets_one_worker_per_gpu(monkeypatch):
+    monkeypatch.setattr(dask_runner, "visible_gpus", lambda: ["2", "5", "7"])
+    specs = dask_runner.worker_specs()
+    assert list(specs) == ["gpu2", "gpu5", "gpu7"]
+    for gpu, spec in zip(("2", "5", "7"), specs.values(), strict=True):
+        assert spec["options"]["env"] == {"CUDA_VISIBLE_DEVICES": gpu}
+        assert spec["options"]["resources"] == {"GPU": 1}
+        assert spec["options"]["nthreads"] == 1
+    assert list(dask_runner.worker_specs(2)) == ["gpu2", "gpu5"]
+
+
+def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert dask_runner.visible_gpus() == ["0", "1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,6")
+    assert dask_runner.visible_gpus() == ["3", "6"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert dask_runner.visible_gpus() == []
+
+
+def fake_client(*workers: dict) -> SimpleNamespace:
+    info = {"workers": {f"tcp://w{i}": w for i, w in enumerate(workers)}}
+    return SimpleNamespace(scheduler_info=lambda n_workers: info)
+
+
+def test_tasks_take_a_gpu_slot_only_where_every_worker_has_one():
+    gpu = {"name": "g", "nthreads": 4, "resources": {"GPU": 1}}
+    cpu = {"name": "c", "nthreads": 1, "resources": {}}
+    assert dask_runner.task_resources(fake_client(gpu, gpu)) == {"GPU": 1}
+    assert dask_runner.task_resources(fake_client(cpu, cpu)) is None
+    with pytest.raises(RuntimeError, match="--nthreads 1"):
+        dask_runner.task_resources(fake_client(gpu, cpu | {"nthreads": 2}))
+
+
+# End to end: a tiny study, simulated once, reconstructed by each runner.
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A copy of the project whose ``dask`` environment holds a tiny study, simulated.
+
+    Pipelines are built from the design of ``KEDRO_ENV`` in the working directory's
+    project, so both point at the copy while the module runs.
+    """
+    root = tmp_path_factory.mktemp("dask_project")
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", root)
+    shutil.copytree(
+        PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local")
+    )
+    (root / "conf" / "local").mkdir()
+    (root / "src").mkdir()
+    env = root / "conf" / ENV
+    (env / "globals.yml").write_text(yaml.safe_dump({"study": DESIGN}))
+    (env / "parameters_tiny.yml").write_text(yaml.safe_dump(TINY))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv("KEDRO_ENV", ENV)
+        patch.setenv("KEDRO_DISABLE_TELEMETRY", "1")
+        kedro_run(
+            root, SequentialRunner(), root / "unused", pipeline_names=["simulate"]
+        )
+        yield root
+
+
+def kedro_run(
+    project: Path, runner: AbstractRunner, artifacts: Path, **run_args
+) -> None:
+    """One ``kedro run`` in the ``dask`` environment, writing under ``artifacts``."""
+    bootstrap_project(project)
+    params = {"artifact_root": str(artifacts)}
+    with KedroSession.create(
+        project_path=project, env=ENV, runtime_params=params
+    ) as session:
+        session.run(runner=runner, **run_args)
+
+
+@pytest.fixture(scope="module")
+def cluster(project: Path) -> Iterator[Client]:
+    """Two single-threaded CPU worker processes, as the runner starts them itself."""
+    with local_cluster(2) as local, Client(local) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def sequential(project: Path) -> Path:
+    """The reference: the study's reconstructions by the SequentialRunner."""
+    artifacts = project / "sequential"
+    kedro_run(
+        project, SequentialRunner(), artifacts, pipeline_names=["ptychi_baseline"]
+    )
+    return artifacts
+
+
+def manifest(artifacts: Path) -> dict:
+    return json.loads((artifacts / "reconstruction_manifest.json").read_text())
+
+
+def statuses(artifacts: Path) -> dict[str, str]:
+    return {job["namespace"]: job["status"] for job in manifest(artifacts)["jobs"]}
+
+
+def assert_same_reconstructions(reference: Path, artifacts: Path) -> int:
+    """Every array of every reconstruction bit for bit; returns how many files."""
+    files = sorted(reference.rglob(RECONSTRUCTION))
+    for path in files:
+        with (
+            np.load(path) as ours,
+            np.load(artifacts / path.relative_to(reference)) as theirs,
+        ):
+            assert set(ours.files) == set(theirs.files), path
+            for key in set(ours.files) - {"provenance"}:
+                assert np.array_equal(ours[key], theirs[key]), (path, key)
+    return len(files)
+
+
+def starts_since(client: Client, since: float) -> list[dict]:
+    """The node starts the workers reported after ``since`` (Unix time)."""
+    return [msg for stamp, msg in client.get_events(START_TOPIC) if stamp >= since]
+
+
+@pytest.fixture(scope="module")
+def dask_run(project: Path, cluster: Client, tmp_path_factory) -> SimpleNamespace:
+    """The same study by the DaskRunner: its artifacts and the node starts reported."""
+    artifacts = tmp_path_factory.mktemp("dask_run")
+    since = time.time()
+    runner = DaskRunner(address=cluster.scheduler.address)
+    kedro_run(project, runner, artifacts, pipeline_names=["ptychi_baseline"])
+    return SimpleNamespace(artifacts=artifacts, started=starts_since(cluster, since))
+
+
+@pytest.mark.e2e
+def test_dask_run_matches_the_sequential_run(sequential, dask_run):
+    assert statuses(dask_run.artifacts) == statuses(sequential)
+    assert set(statuses(dask_run.artifacts).values()) == {"succeeded"}
+    assert assert_same_reconstructions(sequential, dask_run.artifacts) == 4
+
+
+@pytest.mark.e2e
+def test_every_node_ran_once_and_both_workers_worked(dask_run):
+    from kedro.framework.project import pipelines  # noqa: PLC0415 - after bootstrap
+
+    nodes = Counter(node.name for node in pipelines["ptychi_baseline"].nodes)
+    assert Counter(msg["node"] for msg in dask_run.started) == nodes
+    assert {msg["name"] for msg in dask_run.started} == {"cpu0", "cpu1"}
+
+
+@pytest.mark.e2e
+def test_the_manifest_says_which_worker_ran_each_job(sequential, dask_run):
+    workers = [job.get("worker") for job in manifest(dask_run.artifacts)["jobs"]]
+    assert set(workers) == {"cpu0", "cpu1"}
+    assert {job.get("worker") for job in manifest(sequential)["jobs"]} == {"local"}
+
+
+@pytest.mark.e2e
+def test_in_the_dask_environment_no_data_passes_through_the_driver(project):
+    from kedro.framework.project import pipelines  # noqa: PLC0415 - after bootstrap
+
+    def handoffs(env: str) -> list[str]:
+        bootstrap_project(project)
+        with KedroSession.create(project_path=project, env=env) as session:
+            catalog = session.load_context().catalog
+        return memory_handoffs(pipelines["__default__"], catalog)
+
+    assert handoffs(ENV) == []
+    assert "dose_1e3.baseline.test.checked_input" in handoffs("local")
+
+
+@pytest.mark.e2e
+def test_the_scheduler_address_can_come_from_dask_config(cluster):
+    with dask.config.set({"scheduler-address": cluster.scheduler.address}):
+        with DaskRunner()._client() as client:
+            assert client.scheduler.address == cluster.scheduler.address
+
+
+@pytest.mark.e2e
+def test_kedro_run_on_the_cluster_fails_when_a_job_fails(project, cluster, tmp_path):
+    """The documented command; the hooks' verdict still makes the run exit 1."""
+    bad = tmp_path / "phase_d" / "dose_100000" / "sparse" / "sparse_test.npz"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a zip file")
+    artifacts = tmp_path / "out"
+    command = [
+        *(sys.executable, "-m", "kedro", "run", "--env", ENV),
+        *("--runner", "fly64_recon.runner.DaskRunner"),
+        *("--runner-params", f"address={cluster.scheduler.address}"),
+        *("--pipelines", "ptychi_baseline"),
+        *("--namespaces", "dose_1e3.sparse,dose_1e5.sparse"),
+        *("--params", f"artifact_root={artifacts},phase_d_root={tmp_path / 'phase_d'}"),
+    ]
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "200"}
+    done = subprocess.run(
+        command,
+        check=False,
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-4000:]
+    assert "JobsFailedError" in output and "dose_1e5.sparse.test" in output
+    jobs = statuses(artifacts)
+    assert jobs["dose_1e5.sparse.test"] == "failed"
+    assert jobs["dose_1e3.sparse.test"] == "skipped"
+    assert Counter(jobs.values())["not_run"] == 2
+
+
+@pytest.mark.e2e
+def test_a_worker_killed_mid_job_is_replaced_and_the_job_rerun(
+    project, sequential, cluster, tmp_path
+):
+    marker = tmp_path / "crashed"
+
+    def crash_the_first_reconstruction() -> None:
+        """In each worker: the first reconstruction to finish an epoch kills it."""
+        from fly64_recon.pipelines.ptychi_baseline import lsqml  # noqa: PLC0415
+
+        original = lsqml.run_lsqml
+
+        def crash_once(inputs, options, device, on_epoch):
+            def epoch_done(epoch: int, loss: float) -> None:
+                with suppress(FileExistsError):
+                    os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+                    os._exit(1)
+                on_epoch(epoch, loss)
+
+            return original(inputs, options, device, epoch_done)
+
+        lsqml.run_lsqml = crash_once
+
+    cluster.run(crash_the_first_reconstruction)
+    since = time.time()
+    runner = DaskRunner(address=cluster.scheduler.address)
+    kedro_run(
+        project,
+        runner,
+        tmp_path / "out",
+        pipeline_names=["ptychi_baseline"],
+        namespaces=["dose_1e3"],
+    )
+
+    assert marker.exists()
+    jobs = statuses(tmp_path / "out")
+    assert [jobs[ns] for ns in jobs if ns.startswith("dose_1e3")] == ["succeeded"] * 2
+    reference = sequential / "dose_1000"
+    assert assert_same_reconstructions(reference, tmp_path / "out" / "dose_1000") == 2
+    started = starts_since(cluster, since)
+    again = [n for n, k in Counter(m["node"] for m in started).items() if k > 1]
+    assert len(again) == 1 and again[0].endswith(".reconstruct")
+    workers = [m["worker"] for m in started if m["node"] == again[0]]
+    assert workers[0] != workers[1]
