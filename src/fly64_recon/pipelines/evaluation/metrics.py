@@ -5,9 +5,11 @@ Alignment (``align``), in the order a ptychographic reconstruction needs it:
 1. Crop to the scanned region: the bounding box of the N x N footprints
    ``[y - N/2, y + N/2) x [x - N/2, x + N/2)`` of the positions used, shrunk by a margin
    on every side (the footprint's rim is barely lit, so it is barely constrained).
-2. Register: subpixel phase cross-correlation (scikit-image) of the complex crops, then
-   a cubic-spline shift (scipy) of the whole reconstruction, cropped again, so that no
-   wrapped or padded edge enters the region.
+2. Register: subpixel cross-correlation of the complex crops (scikit-image's
+   ``phase_cross_correlation`` without phase normalisation, i.e. Guizar-Sicairos et al.
+   2008: robust to noise, and its error is meaningful), after a first phase fit (step 3)
+   and with both crops mean-subtracted and Hann-windowed; then a cubic-spline shift
+   (scipy) of a padded crop, cropped again, so that no padded edge enters the region.
 3. Phase: the reconstruction is known only up to a global phase and a linear phase ramp.
    With ``g = truth * conj(reconstruction)``, the ramp is the mean phase gradient
    ``angle(sum(g[i+1] * conj(g[i])))`` along each axis and the offset ``angle(sum(g))``
@@ -43,7 +45,6 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
-from scipy.signal.windows import hann
 from skimage.metrics import (
     mean_squared_error,
     peak_signal_noise_ratio,
@@ -56,6 +57,7 @@ SSIM_SIGMA = 1.5
 SSIM_MIN_SIDE = 11  # scikit-image's Gaussian window for sigma 1.5
 FRC_THRESHOLDS = {"frc_0.5": 0.5, "frc_1/7": 1 / 7}
 NYQUIST = 0.5
+SHIFT_PAD_PX = 8  # context around the region for the spline shift
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,10 @@ class Alignment:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and floats, for JSON."""
-        return {key: _plain(value) for key, value in asdict(self).items()}
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in asdict(self).items()
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Alignment:
@@ -86,10 +91,6 @@ class Alignment:
             ),
             amplitude_scale=float(data["amplitude_scale"]),
         )
-
-
-def _plain(value: Any) -> Any:
-    return [float(v) for v in value] if isinstance(value, tuple) else float(value)
 
 
 def is_flat(image: np.ndarray, tolerance: float) -> bool:
@@ -133,6 +134,23 @@ def shift_complex(image: np.ndarray, shift: Sequence[float]) -> np.ndarray:
     return real + 1j * imag
 
 
+def shifted_region(
+    image: np.ndarray, shift: Sequence[float], region: Sequence[int]
+) -> np.ndarray:
+    """The region of ``image`` shifted by ``shift``, interpolated from a padded crop."""
+    pad = int(np.ceil(np.max(np.abs(shift)))) + SHIFT_PAD_PX
+    y0, y1, x0, x1 = region
+    outer = (
+        max(0, y0 - pad),
+        min(image.shape[0], y1 + pad),
+        max(0, x0 - pad),
+        min(image.shape[1], x1 + pad),
+    )
+    moved = shift_complex(crop(image, outer), shift)
+    inner = (y0 - outer[0], y1 - outer[0], x0 - outer[2], x1 - outer[2])
+    return crop(moved, inner)
+
+
 def phase_ramp(
     shape: tuple[int, int], offset: float, gradient: Sequence[float]
 ) -> np.ndarray:
@@ -152,35 +170,60 @@ def fit_phase(truth: np.ndarray, estimate: np.ndarray) -> tuple[float, float, fl
     return offset, gy, gx
 
 
+def register(
+    truth: np.ndarray, estimate: np.ndarray, upsample_factor: int
+) -> tuple[np.ndarray, float]:
+    """Subpixel shift that moves ``estimate`` onto ``truth``, and the registration error.
+
+    The phase offset and ramp are taken out first (a ramp biases the correlation peak),
+    and both images are mean-subtracted and Hann-windowed (their cut edges would too).
+    """
+    offset, gy, gx = fit_phase(truth, estimate)
+    levelled = estimate * np.exp(1j * phase_ramp(estimate.shape, offset, (gy, gx)))
+    window = np.outer(np.hanning(truth.shape[0]), np.hanning(truth.shape[1]))
+    shift, error, _ = phase_cross_correlation(
+        (truth - truth.mean()) * window,
+        (levelled - levelled.mean()) * window,
+        upsample_factor=upsample_factor,
+        normalization=None,
+    )
+    return shift, float(error)
+
+
 def align(
     reconstruction: np.ndarray,
     truth: np.ndarray,
     region: tuple[int, int, int, int],
     upsample_factor: int,
-) -> Alignment:
-    """Register ``reconstruction`` (same grid as ``truth``) and fit phase and scale."""
-    shift, error, _ = phase_cross_correlation(
-        crop(truth, region),
-        crop(reconstruction, region),
-        upsample_factor=upsample_factor,
-    )
-    moved = crop(shift_complex(reconstruction, shift), region)
+) -> tuple[Alignment, np.ndarray]:
+    """Register ``reconstruction`` (same grid as ``truth``), fit phase and scale.
+
+    Returns the alignment and the aligned reconstruction of the region.
+    """
     target = crop(truth, region)
+    shift, error = register(target, crop(reconstruction, region), upsample_factor)
+    moved = shifted_region(reconstruction, shift, region)
     offset, gy, gx = fit_phase(target, moved)
     scale = np.sum(np.abs(target) * np.abs(moved)) / np.sum(np.abs(moved) ** 2)
-    return Alignment(
+    alignment = Alignment(
         region=region,
         shift_px=(float(shift[0]), float(shift[1])),
-        registration_error=float(error),
+        registration_error=error,
         phase_offset_rad=offset,
         phase_ramp_rad_per_px=(gy, gx),
         amplitude_scale=float(scale),
     )
+    return alignment, _correct(moved, alignment)
 
 
 def apply_alignment(reconstruction: np.ndarray, alignment: Alignment) -> np.ndarray:
     """The reconstruction's region, shifted, phase-corrected and scaled."""
-    moved = crop(shift_complex(reconstruction, alignment.shift_px), alignment.region)
+    moved = shifted_region(reconstruction, alignment.shift_px, alignment.region)
+    return _correct(moved, alignment)
+
+
+def _correct(moved: np.ndarray, alignment: Alignment) -> np.ndarray:
+    """Remove the phase offset and ramp and match the amplitude scale."""
     correction = phase_ramp(
         moved.shape, alignment.phase_offset_rad, alignment.phase_ramp_rad_per_px
     )
@@ -216,22 +259,29 @@ def pool2(image: np.ndarray) -> np.ndarray:
     return image[: 2 * h, : 2 * w].reshape(h, 2, w, 2).mean(axis=(1, 3))
 
 
-def ms_ssim(truth: np.ndarray, estimate: np.ndarray, data_range: float) -> float:
-    """Multi-scale SSIM: weighted geometric mean of SSIM over dyadic scales."""
-    values, weights = [], []
-    for weight in MS_SSIM_WEIGHTS:
+def ssim_scales(
+    truth: np.ndarray, estimate: np.ndarray, data_range: float
+) -> list[float]:
+    """SSIM at up to five dyadic scales, finest first (as long as the window fits)."""
+    values = []
+    for _ in MS_SSIM_WEIGHTS:
         if min(truth.shape) < SSIM_MIN_SIDE:
             break
-        values.append(max(ssim(truth, estimate, data_range), 0.0))
-        weights.append(weight)
+        values.append(ssim(truth, estimate, data_range))
         truth, estimate = pool2(truth), pool2(estimate)
-    exponents = np.asarray(weights) / np.sum(weights)
-    return float(np.prod(np.asarray(values) ** exponents))
+    return values
+
+
+def ms_ssim(scales: Sequence[float]) -> float:
+    """Multi-scale SSIM: the weighted geometric mean of per-scale SSIMs (negatives: 0)."""
+    weights = np.asarray(MS_SSIM_WEIGHTS[: len(scales)])
+    values = np.clip(np.asarray(scales), 0.0, None)
+    return float(np.prod(values ** (weights / weights.sum())))
 
 
 def frc(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Fourier ring correlation: ring frequencies (cycles/px) up to Nyquist, curve."""
-    window = np.outer(hann(a.shape[0], sym=False), hann(a.shape[1], sym=False))
+    window = np.outer(np.hanning(a.shape[0]), np.hanning(a.shape[1]))
     fa = np.fft.fft2((a - a.mean()) * window)
     fb = np.fft.fft2((b - b.mean()) * window)
     ky = np.fft.fftfreq(a.shape[0])[:, None]
@@ -268,12 +318,13 @@ def image_metrics(
     with np.errstate(divide="ignore"):  # identical images: PSNR is inf
         psnr = peak_signal_noise_ratio(truth, estimate, data_range=data_range)
     frequency, curve = frc(truth, estimate)
+    scales = ssim_scales(truth, estimate, data_range)
     scores = {
         "mae": float(np.mean(np.abs(truth - estimate))),
         "mse": float(mean_squared_error(truth, estimate)),
         "psnr": float(psnr),
-        "ssim": ssim(truth, estimate, data_range),
-        "ms_ssim": ms_ssim(truth, estimate, data_range),
+        "ssim": scales[0],
+        "ms_ssim": ms_ssim(scales),
     }
     for name, threshold in FRC_THRESHOLDS.items():
         scores[name] = frc_crossing(frequency, curve, threshold)
@@ -287,10 +338,8 @@ def compare(
     upsample_factor: int,
 ) -> dict[str, Any]:
     """Align, then measure amplitude and phase: the ground-truth part of a job's metrics."""
-    alignment = align(reconstruction, truth, region, upsample_factor)
-    amplitude, phase = amplitude_and_phase(
-        crop(truth, region), apply_alignment(reconstruction, alignment)
-    )
+    alignment, aligned = align(reconstruction, truth, region, upsample_factor)
+    amplitude, phase = amplitude_and_phase(crop(truth, region), aligned)
     amplitude_scores, _, amplitude_frc = image_metrics(*amplitude)
     phase_scores, frequency, phase_frc = image_metrics(*phase)
     return {
