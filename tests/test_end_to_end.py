@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import nbformat
-import numpy as np
 import pandas as pd
 import pytest
 from conftest import PROJECT_ROOT, TINY_ENV, make_tiny_project
@@ -26,11 +25,11 @@ ARTIFACTS = "data/07_model_output/ptychi_baseline"
 
 
 def kedro(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """``kedro <args> --env tiny`` in the project, as a user would type it."""
+    """``kedro <args>`` in the project's tiny environment, as a user would type it."""
     result = subprocess.run(
-        [sys.executable, "-m", "kedro", *args, "--env", TINY_ENV],
+        [sys.executable, "-m", "kedro", *args],
         cwd=project,
-        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"},
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "KEDRO_ENV": TINY_ENV},
         capture_output=True,
         text=True,
         timeout=900,
@@ -194,9 +193,12 @@ def test_kedro_viz_build_shows_the_namespaces(project):
     kedro(project, "viz", "build")
 
     graph = json.loads((project / "build/api/main").read_text())
-    names = {node["name"] for node in graph["nodes"]}
-    assert {"dose_1e4", "dose_1e4.dense", "dose_1e4.dense.test"} <= names
-    assert "dose_1e4.dense.test.reconstruct" in {
-        node["id"] for node in graph["nodes"]
-    } | {node.get("full_name") for node in graph["nodes"]} | names
-    assert np.all([isinstance(n, dict) for n in graph["nodes"]])
+    modular = graph["modular_pipelines"]
+    children = {child["id"] for child in modular["dose_1e4"]["children"]}
+    assert {"dose_1e4.baseline", "dose_1e4.dense", "dose_1e4.sparse"} <= children
+    dense = {child["id"] for child in modular["dose_1e4.dense"]["children"]}
+    assert {"dose_1e4.dense.train", "dose_1e4.dense.test"} <= dense
+    tasks = {n["full_name"]: n for n in graph["nodes"] if n["type"] == "task"}
+    for step in ("validate", "reconstruct", "record", "evaluate"):
+        node = tasks[f"dose_1e4.dense.test.{step}"]
+        assert node["modular_pipelines"] == ["dose_1e4.dense.test"]
