@@ -136,7 +136,7 @@ def test_dry_run_plans_without_reconstructing(source, empty_folder, monkeypatch)
 def test_divergence_fails_the_job_and_saves_no_result(
     source, empty_folder, monkeypatch
 ):
-    def diverge(inputs, options, device, on_epoch=None):
+    def diverge(inputs, options, device, on_epoch, cpu_threads):
         on_epoch(0, 1.0)
         on_epoch(1, float("nan"))
 

@@ -182,11 +182,12 @@ def run_lsqml(
     options: Any,
     device: str,
     on_epoch: Callable[[int, float], None] | None = None,
+    cpu_threads: int | None = None,
 ) -> LSQMLResult:
     """Run LSQML for ``options``' epochs; torch's process-wide state is left as found."""
     from ptychi.api.task import PtychographyTask
 
-    with _isolated_torch_state(device):
+    with _isolated_torch_state(device, cpu_threads):
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
@@ -235,7 +236,7 @@ def _run_epochs(
 
 
 @contextlib.contextmanager
-def _isolated_torch_state(device: str) -> Iterator[None]:
+def _isolated_torch_state(device: str, cpu_threads: int | None) -> Iterator[None]:
     """Undo what building a pty-chi task does to the process.
 
     A task sets torch's default device and dtype, seeds torch/numpy/random globally and
@@ -250,7 +251,10 @@ def _isolated_torch_state(device: str) -> Iterator[None]:
         random.getstate(),
         list(root.handlers),
         root.level,
+        torch.get_num_threads(),
     )
+    if cpu_threads is not None:
+        torch.set_num_threads(cpu_threads)
     previous_cuda = torch.cuda.current_device() if torch.cuda.is_initialized() else None
     if device.startswith("cuda:"):
         torch.cuda.set_device(device)
@@ -269,5 +273,6 @@ def _isolated_torch_state(device: str) -> Iterator[None]:
         random.setstate(saved[4])
         root.handlers[:] = saved[5]
         root.setLevel(saved[6])
+        torch.set_num_threads(saved[7])
         if previous_cuda is not None:
             torch.cuda.set_device(previous_cuda)

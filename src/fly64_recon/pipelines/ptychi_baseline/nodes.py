@@ -162,7 +162,11 @@ def _run_job(
             options.object_init,
         )
         result = lsqml.run_lsqml(
-            inputs, lsqml.build_options(options.lsqml, device), device, _check_finite
+            inputs,
+            lsqml.build_options(options.lsqml, device),
+            device,
+            _check_finite,
+            options.cpu_threads,
         )
         _check_result(result)
     except Exception as error:  # noqa: BLE001 - any failure is this job's, not the study's

@@ -17,6 +17,7 @@ class BaselineOptions:
     """How every job reconstructs; ``lsqml`` mirrors pty-chi's ``LSQMLOptions`` tree."""
 
     device: str = "auto"
+    cpu_threads: int | None = None
     strict: bool = False
     dry_run: bool = False
     object_init: str = "flat"
@@ -29,6 +30,11 @@ class BaselineOptions:
             raise ValueError(
                 f"ptychi_baseline.object_init must be one of {OBJECT_INITS}, "
                 f"got {self.object_init!r}"
+            )
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(
+                f"ptychi_baseline.cpu_threads must be >= 1 or null, "
+                f"got {self.cpu_threads!r}"
             )
         if self.max_patterns is not None and self.max_patterns < 1:
             raise ValueError(
