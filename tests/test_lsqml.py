@@ -118,10 +118,12 @@ def test_lsqml_reconstructs_a_known_object_on_cpu(known_object_study, monkeypatc
         {"reconstructor_options": {"num_epochs": 12, "batch_size": 32}}, "cpu"
     )
     device, dtype = torch.get_default_device(), torch.get_default_dtype()
+    threads = torch.get_num_threads()
 
-    result = lsqml.run_lsqml(inputs, options, "cpu")
+    result = lsqml.run_lsqml(inputs, options, "cpu", cpu_threads=1)
 
     assert (torch.get_default_device(), torch.get_default_dtype()) == (device, dtype)
+    assert torch.get_num_threads() == threads
     assert os.environ["WORLD_SIZE"] == "2"
     assert result.object.shape == study["objectGuess"].shape
     assert result.loss.shape == (12,)
