@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 from matplotlib.figure import Figure
 
 from fly64_recon.datasets.atomic import write_atomic
-from fly64_recon.study import Job
+from fly64_recon.datasets.job_location import job_folder
 
 
 class JobFigureDataset(AbstractDataset[Figure, None]):
@@ -25,8 +24,8 @@ class JobFigureDataset(AbstractDataset[Figure, None]):
         dpi: int = 100,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        folder = PurePosixPath(path) / Job.from_namespace(namespace).output_relpath
-        self._filepath = str(folder / file)
+        self._fs, folder = job_folder(path, namespace)
+        self._filepath = f"{folder}/{file}"
         self._dpi = dpi
         self.metadata = metadata
 
@@ -36,10 +35,10 @@ class JobFigureDataset(AbstractDataset[Figure, None]):
     def save(self, data: Figure) -> None:
         buffer = io.BytesIO()
         data.savefig(buffer, format="png", dpi=self._dpi)
-        write_atomic(self._filepath, buffer.getvalue())
+        write_atomic(self._filepath, buffer.getvalue(), self._fs)
 
     def _exists(self) -> bool:
-        return Path(self._filepath).exists()
+        return self._fs.exists(self._filepath)
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": self._filepath, "dpi": self._dpi}

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any
 
-import fsspec
 import numpy as np
 from kedro.io import AbstractDataset, DatasetError
-from kedro.io.core import get_protocol_and_path
 
 from fly64_recon.datasets.atomic import write_atomic
+from fly64_recon.datasets.job_location import dumps, job_folder
 from fly64_recon.datasets.npz import npz_bytes, parse_npz
-from fly64_recon.study import Job
 
 RECONSTRUCTION_FILE = "ptychi_reconstruction.npz"
 LOG_FILE = "ptychi.log"
@@ -48,24 +45,12 @@ class JobFolderDataset(AbstractDataset[JobArtifacts, JobArtifacts]):
         fs_args: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        protocol, root = get_protocol_and_path(path)
-        self._protocol = protocol
-        self._fs = fsspec.filesystem(protocol, **(fs_args or {}))
+        self._fs, self.folder = job_folder(path, namespace, fs_args)
         self._namespace = namespace
-        self._folder = (
-            PurePosixPath(root) / Job.from_namespace(namespace).output_relpath
-        )
         self.metadata = metadata
 
-    @property
-    def folder(self) -> str:
-        return self._full(self._folder)
-
-    def _full(self, path: PurePosixPath) -> str:
-        return str(path) if self._protocol == "file" else f"{self._protocol}://{path}"
-
     def _file(self, name: str) -> str:
-        return self._full(self._folder / name)
+        return f"{self.folder}/{name}"
 
     def load(self) -> JobArtifacts:
         """The folder as it is; missing files give an empty record / no arrays."""
@@ -94,17 +79,10 @@ class JobFolderDataset(AbstractDataset[JobArtifacts, JobArtifacts]):
             write_atomic(self._file(RECONSTRUCTION_FILE), npz_bytes(arrays), self._fs)
         if data.log is not None:
             write_atomic(self._file(LOG_FILE), data.log.encode(), self._fs)
-        record = json.dumps(data.record, indent=2, sort_keys=True, default=_jsonable)
-        write_atomic(self._file(RECORD_FILE), record.encode(), self._fs)
+        write_atomic(self._file(RECORD_FILE), dumps(data.record).encode(), self._fs)
 
     def _exists(self) -> bool:
         return self._fs.exists(self._file(RECORD_FILE))
 
     def _describe(self) -> dict[str, Any]:
         return {"folder": self.folder, "namespace": self._namespace}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import PurePosixPath
 from typing import Any
 
-import fsspec
-import numpy as np
 from kedro.io import AbstractDataset, DatasetError
-from kedro.io.core import get_protocol_and_path
 
 from fly64_recon.datasets.atomic import write_atomic
-from fly64_recon.study import Job
+from fly64_recon.datasets.job_location import dumps, job_folder
 
 
 class JobJSONDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
@@ -31,12 +27,8 @@ class JobJSONDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
         fs_args: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        protocol, root = get_protocol_and_path(path)
-        self._protocol = protocol
-        self._fs = fsspec.filesystem(protocol, **(fs_args or {}))
-        folder = PurePosixPath(root) / Job.from_namespace(namespace).output_relpath
-        path_ = str(folder / file)
-        self._filepath = path_ if protocol == "file" else f"{protocol}://{path_}"
+        self._fs, folder = job_folder(path, namespace, fs_args)
+        self._filepath = f"{folder}/{file}"
         self.metadata = metadata
 
     def load(self) -> dict[str, Any]:
@@ -50,17 +42,10 @@ class JobJSONDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
 
     def save(self, data: dict[str, Any]) -> None:
         """Write the document atomically (NumPy scalars become plain numbers)."""
-        text = json.dumps(data, indent=2, default=_jsonable)
-        write_atomic(self._filepath, text.encode(), self._fs)
+        write_atomic(self._filepath, dumps(data).encode(), self._fs)
 
     def _exists(self) -> bool:
         return self._fs.exists(self._filepath)
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": self._filepath}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic | np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
