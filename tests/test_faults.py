@@ -403,7 +403,7 @@ def test_gpu_out_of_memory_fails_its_job_with_advice_and_the_rest_run(
     victim_arrays = load_npz(study.input_path(victim))
     real_run = lsqml.run_lsqml
 
-    def out_of_memory_for_the_victim(inputs, options, device, on_epoch=None):
+    def out_of_memory_for_the_victim(inputs, options, device, on_epoch, cpu_threads):
         x, y = lsqml.from_ptychi_positions(
             inputs.position_x_px, inputs.position_y_px, inputs.object_init.shape[1:]
         )
@@ -412,7 +412,7 @@ def test_gpu_out_of_memory_fails_its_job_with_advice_and_the_rest_run(
             raise torch.cuda.OutOfMemoryError(
                 "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 1.00 GiB free)"
             )
-        return real_run(inputs, options, device, on_epoch)
+        return real_run(inputs, options, device, on_epoch, cpu_threads)
 
     monkeypatch.setattr(lsqml, "run_lsqml", out_of_memory_for_the_victim)
 
