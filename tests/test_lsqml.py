@@ -32,7 +32,7 @@ def test_options_are_pty_chis_own_with_our_values():
     assert options.reconstructor_options.default_device == Devices.CPU
     assert options.object_options.optimization_plan.start == 2
     assert options.probe_position_options.optimizable is False
-    assert options.data_options.fft_shift is True
+    assert options.data_options.fft_shift is False  # to_ptychi_inputs shifts
 
 
 @pytest.mark.parametrize(
@@ -84,6 +84,31 @@ def test_conversion_to_pty_chi_conventions():
 
     truth = lsqml.to_ptychi_inputs(amplitude, probe, obj, x, y, 2.0, "ground_truth")
     np.testing.assert_array_equal(truth.object_init[0], obj)
+
+
+def test_conversion_moves_the_dc_term_to_the_corner():
+    amplitude = np.zeros((1, 4, 4), dtype=np.float32)
+    amplitude[0, 2, 2] = 3.0  # DATA-001: the DC term at the centre
+
+    inputs = lsqml.to_ptychi_inputs(
+        amplitude,
+        np.ones((4, 4), np.complex64),
+        np.ones((8, 8), np.complex64),
+        np.array([4.0]),
+        np.array([4.0]),
+        2.0,
+        "flat",
+    )
+
+    assert inputs.intensities[0, 0, 0] == 36.0
+    assert inputs.intensities.sum() == 36.0
+
+
+def test_patterns_stay_on_the_gpu_unless_the_parameters_say_otherwise():
+    assert lsqml.build_options({}, "cuda").data_options.save_data_on_device is True
+    assert lsqml.build_options({}, "cpu").data_options.save_data_on_device is False
+    kept = {"data_options": {"save_data_on_device": False}}
+    assert lsqml.build_options(kept, "cuda").data_options.save_data_on_device is False
 
 
 def test_unknown_object_init_is_refused():

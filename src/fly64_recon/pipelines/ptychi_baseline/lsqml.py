@@ -1,6 +1,8 @@
 """pty-chi LSQML, in-process: options from parameters, DATA-001 to pty-chi, one run.
 
-``ptychi`` costs seconds to import, so it is imported inside the functions that need it.
+``ptychi`` and ``torch`` cost seconds to import, and every ``kedro`` command imports
+this module (``find_pipelines``), so they are imported inside the functions that need
+them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,13 @@ def build_options(lsqml: Mapping[str, Any], device: str) -> Any:
     reconstructor = options.reconstructor_options
     reconstructor.default_device = Devices.CPU if device == "cpu" else Devices.GPU
     reconstructor.default_dtype = Dtypes.FLOAT32
-    options.data_options.fft_shift = True
+    options.data_options.fft_shift = False  # to_ptychi_inputs moves the DC term
+    if device != "cpu" and "save_data_on_device" not in (
+        lsqml.get("data_options") or {}
+    ):
+        # Keep the patterns on the GPU: otherwise every batch of every epoch is gathered
+        # on the host and copied to the device from pageable memory.
+        options.data_options.save_data_on_device = True
     return options
 
 
@@ -108,6 +115,8 @@ def _assign(target: Any, values: Mapping[str, Any], where: str) -> None:
 
 def resolve_device(requested: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda:N`` as given."""
+    import torch  # noqa: PLC0415 - see the module docstring
+
     if requested == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -144,12 +153,19 @@ def to_ptychi_inputs(
 
     DATA-001 stores centred amplitudes sqrt(counts) / intensity_scale; pty-chi wants
     intensities (photon counts, so the Gaussian noise model's std of 0.5 in amplitude
-    holds) with the DC term at the centre (``fft_shift=True``). DATA-001 positions are
-    probe centres in object pixels with footprint ``[y - N/2, y + N/2)``; pty-chi's are
-    relative to the object's centre pixel ``round(H/2) - 0.5`` with footprint
-    ``[p - (N-1)/2, ...]``, so the same object grid gives ``p = y - round(H/2)``.
+    holds) with the DC term in the corner: the shift pty-chi's ``fft_shift=True`` would
+    make, done here on the one copy (``build_options`` sets ``fft_shift=False``).
+    DATA-001 positions are probe centres in object pixels with footprint
+    ``[y - N/2, y + N/2)``; pty-chi's are relative to the object's centre pixel
+    ``round(H/2) - 0.5`` with footprint ``[p - (N-1)/2, ...]``, so the same object grid
+    gives ``p = y - round(H/2)``.
     """
-    counts = np.square(diffraction * np.float32(intensity_scale), dtype=np.float32)
+    # pty-chi wants the DC term in the corner. Shifting here makes the one float32 copy
+    # of the stack (scaled and squared in place); given that as a tensor with
+    # fft_shift=False, pty-chi makes none of its own (it would copy it, then roll twice).
+    counts = np.fft.fftshift(diffraction, axes=(-2, -1)).astype(np.float32, copy=False)
+    counts *= np.float32(intensity_scale)
+    np.square(counts, out=counts)
     height, width = object_guess.shape
     if object_init == "flat":
         start = np.ones((1, height, width), dtype=np.complex64)
@@ -185,6 +201,7 @@ def run_lsqml(
     cpu_threads: int | None = None,
 ) -> LSQMLResult:
     """Run LSQML for ``options``' epochs; torch's process-wide state is left as found."""
+    import torch  # noqa: PLC0415 - see the module docstring
     from ptychi.api.task import PtychographyTask
 
     with _isolated_torch_state(device, cpu_threads):
@@ -193,7 +210,7 @@ def run_lsqml(
         started = time.perf_counter()
         task = PtychographyTask(
             options,
-            diffraction_data=inputs.intensities,
+            diffraction_data=torch.from_numpy(inputs.intensities),
             object_data=inputs.object_init,
             probe_data=inputs.probe_init,
             probe_position_x_px=inputs.position_x_px,
@@ -242,6 +259,8 @@ def _isolated_torch_state(device: str, cpu_threads: int | None) -> Iterator[None
     A task sets torch's default device and dtype, seeds torch/numpy/random globally and
     may install a root log handler; the next job (or the caller) must not inherit them.
     """
+    import torch  # noqa: PLC0415 - see the module docstring
+
     root = logging.getLogger()
     saved = (
         torch.get_default_device(),

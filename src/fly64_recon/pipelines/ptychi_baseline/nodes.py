@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import sys
 import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -18,7 +19,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 
 from fly64_recon.contract import ContractError, read_metadata, validate
@@ -143,6 +143,7 @@ def _run_job(
 ) -> dict[str, Any]:
     arrays = checked.arrays
     indices = subsample(len(arrays["diffraction"]), options)
+    rows = _rows(indices, len(arrays["diffraction"]))
     record = {
         **record,
         "n_patterns": len(indices),
@@ -153,11 +154,11 @@ def _run_job(
         device = lsqml.resolve_device(options.device)
         record["device"] = device
         inputs = lsqml.to_ptychi_inputs(
-            arrays["diffraction"][indices],
+            arrays["diffraction"][rows],
             arrays["probeGuess"],
             arrays["objectGuess"],
-            arrays["xcoords"][indices],
-            arrays["ycoords"][indices],
+            arrays["xcoords"][rows],
+            arrays["ycoords"][rows],
             read_metadata(arrays).get("intensity_scale", 1.0),
             options.object_init,
         )
@@ -207,6 +208,11 @@ def subsample(n_patterns: int, options: BaselineOptions) -> np.ndarray:
     return np.sort(rng.choice(n_patterns, options.max_patterns, replace=False))
 
 
+def _rows(indices: np.ndarray, n_patterns: int) -> np.ndarray | slice:
+    """``indices`` as a slice when they are every pattern: a slice copies nothing."""
+    return slice(None) if len(indices) == n_patterns else indices
+
+
 def _check_finite(epoch: int, loss: float) -> None:
     if not math.isfinite(loss):
         raise DivergedError(f"reconstruction diverged: loss is {loss} at epoch {epoch}")
@@ -220,6 +226,8 @@ def _check_result(result: lsqml.LSQMLResult) -> None:
 
 def failure_reason(error: BaseException, options: BaselineOptions) -> str:
     """One line a scientist can act on."""
+    import torch  # noqa: PLC0415 - torch costs seconds; every kedro command imports this
+
     if isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error):
         return (
             f"out of memory on the GPU: {error}. Reduce "
@@ -254,11 +262,14 @@ def _captured_log() -> Iterator[io.StringIO]:
 
 def worker_name() -> str:
     """The Dask worker running this job (its ``--name``), or ``local`` outside Dask."""
+    # A Dask worker has imported distributed; importing it here (0.3-0.6 s) would only
+    # learn that a local run is local.
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return "local"
     try:
-        from distributed import get_worker
-
-        return str(get_worker().name)
-    except (ImportError, ValueError):
+        return str(distributed.get_worker().name)
+    except ValueError:
         return "local"
 
 
