@@ -76,6 +76,24 @@ def test_a_gpu_machine_gets_one_worker_per_gpu(monkeypatch):
     assert list(dask_runner.worker_specs(2)) == ["gpu2", "gpu5"]
 
 
+def test_a_gpu_can_be_shared_by_several_workers(monkeypatch):
+    monkeypatch.setattr(dask_runner, "visible_gpus", lambda: ["0", "1"])
+    specs = dask_runner.worker_specs(per_gpu=3)
+    assert list(specs) == ["gpu0-0", "gpu0-1", "gpu0-2", "gpu1-0", "gpu1-1", "gpu1-2"]
+    assert [s["options"]["env"]["CUDA_VISIBLE_DEVICES"] for s in specs.values()] == [
+        "0",
+        "0",
+        "0",
+        "1",
+        "1",
+        "1",
+    ]
+    limits = {s["options"]["memory_limit"] for s in specs.values()}
+    assert limits == {dask_runner.MEMORY_LIMIT // 6}
+    with pytest.raises(ValueError, match="workers_per_gpu must be at least 1"):
+        dask_runner.DaskRunner(workers_per_gpu=0)
+
+
 def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
     torch = pytest.importorskip("torch")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

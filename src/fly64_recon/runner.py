@@ -8,9 +8,10 @@ Kedro's documented Dask recipe (``DaskRunner``), brought up to Kedro 1.x's
 
 The scheduler's address comes from ``--runner-params``, else from Dask's
 ``scheduler-address`` setting (e.g. ``DASK_SCHEDULER_ADDRESS``); without one the
-runner starts a local cluster: one worker process per visible GPU, each seeing only its
-own (``CUDA_VISIBLE_DEVICES``), or ``n_workers`` CPU workers. Every worker runs one task
-at a time, because pty-chi changes process-wide torch state.
+runner starts a local cluster: one worker process per visible GPU (``workers_per_gpu``
+to share one), each seeing only its own (``CUDA_VISIBLE_DEVICES``), or ``n_workers``
+CPU workers. Every worker runs one task at a time, because pty-chi changes
+process-wide torch state.
 
 Unlike the recipe, a node is submitted once the nodes it depends on have finished
 rather than chained to their futures: for as long as a client holds the future of a
@@ -114,13 +115,24 @@ class DaskRunner(AbstractRunner):
         self,
         address: str | None = None,
         n_workers: int | None = None,
+        workers_per_gpu: int = 1,
         retries: int = 0,
         is_async: bool = False,
     ) -> None:
-        """Connect to ``address`` at run time, or start ``n_workers`` local workers."""
+        """Connect to ``address`` at run time, or start local workers.
+
+        ``n_workers`` caps the local GPUs used (or sets the CPU workers);
+        ``workers_per_gpu`` > 1 shares each GPU between jobs, so one job's reading,
+        validating and plotting overlaps another's reconstruction.
+        """
         super().__init__(is_async=is_async)
+        if int(workers_per_gpu) < 1:
+            raise ValueError(
+                f"workers_per_gpu must be at least 1, not {workers_per_gpu}"
+            )
         self._address = address
         self._n_workers = n_workers
+        self._workers_per_gpu = int(workers_per_gpu)
         self._retries = retries
 
     def _get_executor(self, max_workers: int) -> None:
@@ -143,7 +155,8 @@ class DaskRunner(AbstractRunner):
             with Client(address) as client:
                 yield self._ready(client)
             return
-        with local_cluster(self._n_workers) as cluster, Client(cluster) as client:
+        cluster = local_cluster(self._n_workers, self._workers_per_gpu)
+        with cluster, Client(cluster) as client:
             yield self._ready(client)
 
     def _ready(self, client: Client) -> Client:
@@ -344,23 +357,30 @@ def task_resources(client: Client) -> dict[str, float] | None:
     return None
 
 
-def local_cluster(n_workers: int | None = None) -> SpecCluster:
+def local_cluster(n_workers: int | None = None, per_gpu: int = 1) -> SpecCluster:
     """A scheduler and the workers of :func:`worker_specs` on this machine."""
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1"}}
     return SpecCluster(
-        workers=worker_specs(n_workers),
+        workers=worker_specs(n_workers, per_gpu),
         scheduler=scheduler,
         silence_logs=logging.WARNING,
     )
 
 
-def worker_specs(n_workers: int | None = None) -> dict[str, dict[str, Any]]:
-    """A single-threaded worker per visible GPU (at most ``n_workers``), else CPU."""
+def worker_specs(
+    n_workers: int | None = None, per_gpu: int = 1
+) -> dict[str, dict[str, Any]]:
+    """``per_gpu`` single-threaded workers per visible GPU (at most ``n_workers``
+    GPUs), else ``n_workers`` CPU workers."""
     gpus = visible_gpus()[:n_workers]
     if gpus:
+        count = len(gpus) * per_gpu
         return {
-            f"gpu{gpu}": _nanny(len(gpus), {"CUDA_VISIBLE_DEVICES": gpu}, {"GPU": 1})
+            f"gpu{gpu}" + (f"-{k}" if per_gpu > 1 else ""): _nanny(
+                count, {"CUDA_VISIBLE_DEVICES": gpu}, {"GPU": 1}
+            )
             for gpu in gpus
+            for k in range(per_gpu)
         }
     count = n_workers or DEFAULT_CPU_WORKERS
     return {f"cpu{i}": _nanny(count, {}, {}) for i in range(count)}

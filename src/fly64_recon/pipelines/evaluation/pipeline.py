@@ -1,10 +1,9 @@
 """evaluate -> report_metrics per job namespace; the study summary fans in from disk."""
 
-from functools import partial
-
 from kedro.pipeline import Node, Pipeline
 
 from fly64_recon.config import load_study_design
+from fly64_recon.pipelines import bind
 from fly64_recon.pipelines.evaluation.figures import (
     convergence_figure,
     metrics_vs_dose_figure,
@@ -33,7 +32,7 @@ def job_pipeline(job: Job) -> Pipeline:
     return Pipeline(
         [
             Node(
-                partial(evaluate, job=job),
+                bind(evaluate, job=job),
                 ["job_artifacts", "ground_truth_npz", "params:evaluation"],
                 "metrics",
                 name="evaluate",
@@ -59,7 +58,7 @@ def summary_pipeline(jobs: list[Job]) -> Pipeline:
     return Pipeline(
         [
             Node(
-                partial(collect_metrics, jobs=jobs),
+                bind(collect_metrics, jobs=jobs),
                 metrics,
                 "all_metrics",
                 name="collect_metrics",
@@ -67,7 +66,7 @@ def summary_pipeline(jobs: list[Job]) -> Pipeline:
             Node(metrics_table, "all_metrics", "metrics_table", name="tabulate"),
             Node(summary_report, "all_metrics", "report", name="write_report"),
             Node(
-                partial(aligned_phases, jobs=jobs),
+                bind(aligned_phases, jobs=jobs),
                 ["all_metrics", "params:evaluation", *artifacts],
                 "grid_phases",
                 name="align_phases",

@@ -1,10 +1,9 @@
 """validate -> reconstruct -> record, written once, instantiated per job namespace."""
 
-from functools import partial
-
 from kedro.pipeline import Node, Pipeline
 
 from fly64_recon.config import load_study_design
+from fly64_recon.pipelines import bind
 from fly64_recon.pipelines.ptychi_baseline.nodes import (
     reconstruct,
     record,
@@ -23,7 +22,7 @@ def job_pipeline(job: Job) -> Pipeline:
     return Pipeline(
         [
             Node(
-                partial(validate_input, job=job),
+                bind(validate_input, job=job),
                 ["input_npz", "params:ptychi_baseline"],
                 "checked_input",
                 name="validate",

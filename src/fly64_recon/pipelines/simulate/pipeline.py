@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial, update_wrapper
-
 from kedro.pipeline import Node, Pipeline
 
 from fly64_recon.config import load_study_design
+from fly64_recon.pipelines import bind
 from fly64_recon.pipelines.simulate import nodes
 from fly64_recon.study import Job, StudyDesign, dose_namespace
 
@@ -32,14 +30,14 @@ def create_pipeline(**kwargs) -> Pipeline:
 def _dose_pipeline(design: StudyDesign, dose: float) -> Pipeline:
     """One dose: Poisson patterns split by y, then every Phase D view of each split."""
     simulate = Node(
-        _bind(nodes.simulate_dose, dose=dose, splits=design.splits),
+        bind(nodes.simulate_dose, dose=dose, splits=design.splits),
         ["probe", "object", "scan", "params:simulate"],
         {split: f"baseline_{split}" for split in design.splits},
         name="simulate_dose",
     )
     views = [
         Node(
-            _bind(nodes.select_view, view=view, overlap=design.overlap[view]),
+            bind(nodes.select_view, view=view, overlap=design.overlap[view]),
             [f"baseline_{split}", "params:simulate"],
             f"{view}_{split}",
             name=f"select_{view}_{split}",
@@ -58,8 +56,3 @@ def _dose_pipeline(design: StudyDesign, dose: float) -> Pipeline:
         },
         parameters={"params:simulate"},
     )
-
-
-def _bind(func: Callable, **constants) -> Callable:
-    """``func`` with per-dose or per-view constants bound, keeping its name for logs."""
-    return update_wrapper(partial(func, **constants), func)
