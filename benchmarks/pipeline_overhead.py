@@ -3,7 +3,7 @@
 Usage (from the project root)::
 
     python benchmarks/pipeline_overhead.py [--namespace dose_1e4.dense.test]
-        [--epochs 24] [--repeats 3] [--workdir /tmp/fly64_bench]
+        [--epochs 20] [--repeats 3] [--workdir /tmp/fly64_bench] [--env full]
 
 Three arms, each a fresh Python process per sample, interleaved (the order rotates every
 repeat), same input file, options, epochs and device:
@@ -21,12 +21,16 @@ The clock starts after the imports (torch, pty-chi, Kedro, the project) in every
 ``study_vs_subprocess.py`` counts imports. ``reconstruction`` is the same span in every
 arm: pty-chi task build + epochs (``wall_time_s`` of the job record). Each sample writes
 to a fresh artifact folder, so the pipeline's cache never short-cuts a job.
+
+``--env full`` measures a full-scale job (conf/full's study, simulated once in the work
+folder: give it its own ``--workdir``, the two studies share the data paths).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -73,7 +77,7 @@ def import_everything() -> None:
     import fly64_recon.pipelines.simulate.pipeline  # noqa: F401, PLC0415
 
 
-def kedro_arm(project: Path, out: Path, namespace: str, epochs: int) -> dict:
+def kedro_arm(project: Path, out: Path, namespace: str, epochs: int, env: str) -> dict:
     """The namespace through a Kedro session, as ``kedro run --namespaces`` runs it."""
     from kedro.framework.session import KedroSession  # noqa: PLC0415
     from kedro.framework.startup import bootstrap_project  # noqa: PLC0415
@@ -81,12 +85,14 @@ def kedro_arm(project: Path, out: Path, namespace: str, epochs: int) -> dict:
     started = time.perf_counter()
     bootstrap_project(project)
     params = runtime_params(out, epochs)
-    with KedroSession.create(project_path=project, runtime_params=params) as session:
+    with KedroSession.create(
+        project_path=project, env=env, runtime_params=params
+    ) as session:
         session.run(pipeline_names=["ptychi_baseline"], namespaces=[namespace])
     return {"job_s": time.perf_counter() - started}
 
 
-def nodes_arm(project: Path, out: Path, namespace: str, epochs: int) -> dict:
+def nodes_arm(project: Path, out: Path, namespace: str, epochs: int, env: str) -> dict:
     """The three node functions with the catalog's datasets, each step timed."""
     from kedro.framework.session import KedroSession  # noqa: PLC0415
     from kedro.framework.startup import bootstrap_project  # noqa: PLC0415
@@ -101,7 +107,9 @@ def nodes_arm(project: Path, out: Path, namespace: str, epochs: int) -> dict:
 
     bootstrap_project(project)
     params = runtime_params(out, epochs)
-    with KedroSession.create(project_path=project, runtime_params=params) as session:
+    with KedroSession.create(
+        project_path=project, env=env, runtime_params=params
+    ) as session:
         catalog = session.load_context().catalog
         job = Job.from_namespace(namespace)
         baseline = catalog.load("params:ptychi_baseline")
@@ -139,10 +147,11 @@ def job_record(out: Path, namespace: str) -> dict[str, Any]:
 
 def worker(args: argparse.Namespace) -> None:
     """One sample of the kedro or nodes arm, in this (fresh) process."""
+    os.environ["KEDRO_ENV"] = args.env  # the study design that builds the pipelines
     import_everything()
     arm = kedro_arm if args.worker == "kedro" else nodes_arm
     cpu_started = time.process_time()
-    timings = arm(args.project, args.out, args.namespace, args.epochs)
+    timings = arm(args.project, args.out, args.namespace, args.epochs, args.env)
     timings["job_cpu_s"] = time.process_time() - cpu_started
     record = job_record(args.out, args.namespace)
     timings["reconstruction_s"] = record["wall_time_s"]
@@ -172,6 +181,7 @@ def sample(arm: str, project: Path, run_dir: Path, args: argparse.Namespace) -> 
             f"--out={run_dir / 'out'}",
             f"--namespace={args.namespace}",
             f"--epochs={args.epochs}",
+            f"--env={args.env}",
             f"--result={result}",
         )
     return run_worker(command, project, result, log)
@@ -229,7 +239,7 @@ def report(samples: dict[str, list[dict]], args: argparse.Namespace) -> None:
             + [ratio, cpu_ratio, components, ", ".join(losses), f"{rss:.0f}"]
         )
     print_table(
-        f"Pipeline overhead: {args.namespace}, {args.epochs} epochs, CPU, "
+        f"Pipeline overhead: {args.namespace} ({args.env}), {args.epochs} epochs, CPU, "
         f"{args.repeats} repeats (medians; ratio = median of per-repeat ratios)",
         ["arm", "includes", "job s", "min-max", "reconstruction s", "rest s"]
         + ["ratio vs bare (wall)", "ratio (CPU time)", "ratio (components)"]
@@ -252,7 +262,12 @@ def report(samples: dict[str, list[dict]], args: argparse.Namespace) -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--namespace", default="dose_1e4.dense.test")
-    parser.add_argument("--epochs", type=int, default=24, help="conf/base: 24")
+    parser.add_argument("--epochs", type=int, default=20, help="conf/base: 20")
+    parser.add_argument(
+        "--env",
+        default="local",
+        help="Kedro environment of the study (full: conf/full)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     add_threads_option(parser)
@@ -280,7 +295,7 @@ def main() -> None:
         report(saved_samples(args), args)
         return
     project = scratch_project(args.workdir)
-    ensure_embedded_study(project)
+    ensure_embedded_study(project, args.env)
     report(collect(args, project), args)
 
 

@@ -9,13 +9,16 @@
 #   full         simulate one full-scale file (conf/full) and reconstruct that one job
 #   concurrent   simulate the full-scale study, then run its 18 jobs one at a time and
 #                as GPU_CHECK_GROUPS concurrent `kedro run --namespaces` processes
+#   dask         the full-scale study through the Dask runner, GPU_CHECK_GROUPS workers
+#                sharing each GPU (`--runner-params workers_per_gpu=...`)
 #   (default: embedded full)
 #
 # Environment:
 #   GPU_CHECK_DIR       work folder (default: a new one from mktemp -d); kept afterwards,
 #                       with every run's log under logs/
 #   GPU_CHECK_JOB       the full-scale job (default dose_1e4.baseline.test)
-#   GPU_CHECK_GROUPS    concurrent processes in `concurrent` mode (default 3)
+#   GPU_CHECK_GROUPS    concurrent processes (`concurrent`) or workers per GPU (`dask`);
+#                       default 3
 #   GPU_CHECK_EPOCHS    epochs of the full-scale jobs (default: conf/full's)
 #   GPU_CHECK_FULL_ENV  the full-scale environment (default full)
 #   GPU_CHECK_PARAMS    extra `--params` for every reconstruction, comma-separated, e.g.
@@ -140,13 +143,20 @@ run_full_job() {
         --title "One full-scale job on the GPU ($(date -u +%F))"
 }
 
+simulate_full_study() {
+    local started
+    [[ -f "$WORK/full_study_simulated" ]] && return 0
+    started=$(now)
+    kedro_logged full_simulate run --env "$FULL_ENV" --pipeline simulate
+    echo "full-scale simulation of the study: $(since "$started") s"
+    touch "$WORK/full_study_simulated"
+}
+
 run_concurrent() {
     local seq="$WORK/full_sequential" par="$WORK/full_concurrent" started seq_wall par_wall
     local -a pids=() groups=()
     echo "== full-scale study (conf/$FULL_ENV): every job one at a time, then $GROUPS_N processes at once"
-    started=$(now)
-    kedro_logged full_simulate run --env "$FULL_ENV" --pipeline simulate
-    echo "full-scale simulation of the study: $(since "$started") s"
+    simulate_full_study
 
     start_sampler "$WORK/logs/full_sequential_gpu.csv"
     started=$(now)
@@ -189,13 +199,29 @@ run_concurrent() {
     return "$failed"
 }
 
+run_dask() {
+    local out="$WORK/full_dask" started wall
+    echo "== full-scale study (conf/$FULL_ENV) through the Dask runner, $GROUPS_N workers per GPU"
+    simulate_full_study
+    start_sampler "$WORK/logs/full_dask_gpu.csv"
+    started=$(now)
+    kedro_logged full_dask run --env "$FULL_ENV" --pipeline ptychi_baseline \
+        --runner fly64_recon.runner.DaskRunner --runner-params "workers_per_gpu=$GROUPS_N" \
+        --params "$(recon_params "$out" "${GPU_CHECK_EPOCHS:-}")"
+    wall=$(since "$started")
+    stop_sampler
+    python "$HELPER" report "$out/reconstruction_manifest.json" --wall "$wall" \
+        --gpu-log "$WORK/logs/full_dask_gpu.csv" \
+        --title "Full-scale study, Dask with $GROUPS_N workers per GPU ($(date -u +%F))"
+}
+
 main() {
     local -a modes=("$@")
     ((${#modes[@]})) || modes=(embedded full)
     for mode in "${modes[@]}"; do
         case "$mode" in
-            embedded | full | concurrent) ;;
-            *) die "unknown mode '$mode' (embedded, full, concurrent)" ;;
+            embedded | full | concurrent | dask) ;;
+            *) die "unknown mode '$mode' (embedded, full, concurrent, dask)" ;;
         esac
     done
     require_gpu
@@ -208,6 +234,7 @@ main() {
             embedded) run_embedded ;;
             full) run_full_job ;;
             concurrent) run_concurrent ;;
+            dask) run_dask ;;
         esac
     done
 }
