@@ -92,15 +92,21 @@ TINY_SIMULATE = {
 
 
 def make_tiny_project(
-    root: Path, doses: tuple[float, ...], parameters: dict[str, dict] | None = None
+    root: Path,
+    doses: tuple[float, ...],
+    parameters: dict[str, dict] | None = None,
+    *,
+    env: str = TINY_ENV,
+    design: dict | None = None,
 ) -> Path:
     """A temporary project: ``conf/`` and ``pyproject.toml`` copied, ``src/`` empty.
 
     The package is imported from where it is installed; Kedro only needs ``src/`` to
-    exist inside the project. Its ``tiny`` environment (``--env tiny``) overrides only
-    what makes the study small: the doses, ``TINY_SIMULATE`` (N = 16, 144 positions)
-    and any ``parameters`` (``{"ptychi_baseline": {...}}``); the project's deep merge
-    keeps the rest of ``conf/base``. ``conf/local`` starts empty.
+    exist inside the project. Its ``env`` environment (``--env tiny``; may be one of the
+    project's own, such as ``dask``) overrides only what makes the study small: the
+    doses and other ``design`` keys, ``TINY_SIMULATE`` (N = 16, 144 positions) and any
+    ``parameters`` (``{"ptychi_baseline": {...}}``); the project's deep merge keeps the
+    rest of ``conf/base``. ``conf/local`` starts empty.
     """
     shutil.copy(PROJECT_ROOT / "pyproject.toml", root)
     shutil.copytree(
@@ -108,9 +114,10 @@ def make_tiny_project(
     )
     (root / "conf" / "local").mkdir()
     (root / "src").mkdir()
-    tiny = root / "conf" / TINY_ENV
-    tiny.mkdir()
-    (tiny / "globals.yml").write_text(yaml.safe_dump({"study": {"doses": list(doses)}}))
+    tiny = root / "conf" / env
+    tiny.mkdir(exist_ok=True)
+    study = {"doses": list(doses), **(design or {})}
+    (tiny / "globals.yml").write_text(yaml.safe_dump({"study": study}))
     for name, values in {"simulate": TINY_SIMULATE, **(parameters or {})}.items():
         (tiny / f"parameters_{name}.yml").write_text(yaml.safe_dump({name: values}))
     return root

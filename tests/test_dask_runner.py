@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,8 +16,9 @@ from types import SimpleNamespace
 import dask
 import numpy as np
 import pytest
-import yaml
+from conftest import make_tiny_project
 from distributed import Client
+from kedro.config import OmegaConfigLoader
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 from kedro.runner import AbstractRunner, SequentialRunner
@@ -30,14 +30,10 @@ from fly64_recon.runner import (
     local_cluster,
     memory_handoffs,
 )
+from fly64_recon.settings import CONFIG_LOADER_ARGS
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ENV = "dask"
-DESIGN = {
-    "doses": [1000.0, 100000.0],
-    "views": ["baseline", "sparse"],
-    "splits": ["test"],
-}
+DOSES = (1000.0, 100000.0)
 TINY = {
     "simulate": {
         "patch_size": 16,
@@ -105,6 +101,15 @@ def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
     assert dask_runner.visible_gpus() == []
 
 
+def test_the_dask_environment_changes_where_data_goes_not_the_study():
+    def configured(env: str) -> dict:
+        conf = Path(__file__).resolve().parents[1] / "conf"
+        loader = OmegaConfigLoader(str(conf), env=env, **CONFIG_LOADER_ARGS)
+        return {"parameters": loader["parameters"], "globals": loader["globals"]}
+
+    assert configured(ENV) == configured("base")
+
+
 def fake_client(*workers: dict) -> SimpleNamespace:
     info = {"workers": {f"tcp://w{i}": w for i, w in enumerate(workers)}}
     return SimpleNamespace(scheduler_info=lambda n_workers: info)
@@ -129,16 +134,13 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     Pipelines are built from the design of ``KEDRO_ENV`` in the working directory's
     project, so both point at the copy while the module runs.
     """
-    root = tmp_path_factory.mktemp("dask_project")
-    shutil.copy(PROJECT_ROOT / "pyproject.toml", root)
-    shutil.copytree(
-        PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local")
+    root = make_tiny_project(
+        tmp_path_factory.mktemp("dask_project"),
+        DOSES,
+        TINY,
+        env=ENV,
+        design={"views": ["baseline", "sparse"], "splits": ["test"]},
     )
-    (root / "conf" / "local").mkdir()
-    (root / "src").mkdir()
-    env = root / "conf" / ENV
-    (env / "globals.yml").write_text(yaml.safe_dump({"study": DESIGN}))
-    (env / "parameters_tiny.yml").write_text(yaml.safe_dump(TINY))
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         patch.setenv("KEDRO_ENV", ENV)
