@@ -3,8 +3,8 @@
 Usage (from the project root)::
 
     python benchmarks/scaling.py [--namespace dose_1e4.baseline.test]
-        [--positions 121 242 484 968] [--epochs 2 4 8] [--fixed-epochs 3]
-        [--fixed-positions 242] [--device auto] [--repeats 3] [--input FILE.npz]
+        [--positions 64 128 256 512] [--epochs 2 4 8] [--fixed-epochs 3]
+        [--fixed-positions 128] [--device auto] [--repeats 3] [--input FILE.npz]
 
 Each point is a fresh Python process that runs the job's ``validate_input`` and
 ``reconstruct`` nodes in-process (conf/base options; ``max_patterns`` picks a seeded
@@ -170,12 +170,10 @@ def report_fits(results: dict[tuple[int, int], list[dict]], args) -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--namespace", default="dose_1e4.baseline.test")
-    parser.add_argument(
-        "--positions", type=int, nargs="+", default=[121, 242, 484, 968]
-    )
+    parser.add_argument("--positions", type=int, nargs="+", default=[64, 128, 256, 512])
     parser.add_argument("--epochs", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--fixed-epochs", type=int, default=3)
-    parser.add_argument("--fixed-positions", type=int, default=242)
+    parser.add_argument("--fixed-positions", type=int, default=128)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--input", type=Path, help="default: the namespace's file")
