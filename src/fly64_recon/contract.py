@@ -195,18 +195,20 @@ def _reduce(a: np.ndarray) -> _Reduction:
     """Sum of squares and minimum in one pass; NaN and Inf are counted only when the
     sum comes out non-finite (fmin skips NaN, so the minimum stays meaningful)."""
     total, minimum = 0.0, np.inf
-    for chunk in _chunks(a):
-        if chunk.size:
-            total += float(np.dot(chunk, chunk))
-            minimum = np.fmin(minimum, np.fmin.reduce(chunk))
+    with np.errstate(over="ignore"):  # an overflow is detected and handled below
+        for chunk in _chunks(a):
+            if chunk.size:
+                total += float(np.dot(chunk, chunk))
+                minimum = np.fmin(minimum, np.fmin.reduce(chunk))
     nan = inf = 0
     if not math.isfinite(total):
         nan = sum(int(np.count_nonzero(np.isnan(c))) for c in _chunks(a))
         inf = sum(int(np.count_nonzero(np.isinf(c))) for c in _chunks(a))
         if nan == inf == 0:  # a float32 square overflowed: redo the sum in float64
-            total = sum(
-                float(np.sum(np.square(c, dtype=np.float64))) for c in _chunks(a)
-            )
+            with np.errstate(over="ignore"):  # beyond float64: the total stays inf
+                total = sum(
+                    float(np.sum(np.square(c, dtype=np.float64))) for c in _chunks(a)
+                )
     negative = 0
     if minimum < 0:
         negative = sum(int(np.count_nonzero(c < 0)) for c in _chunks(a))
