@@ -1,11 +1,24 @@
 """Project pipelines."""
 
-from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
+
+from fly64_recon.config import load_study_design
+from fly64_recon.pipelines.evaluation import pipeline as evaluation
+from fly64_recon.pipelines.ptychi_baseline import pipeline as ptychi_baseline
+from fly64_recon.pipelines.simulate import pipeline as simulate
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Register the project's pipelines; the default runs them all."""
-    pipelines = find_pipelines(raise_errors=True)
+    """Register the project's pipelines; the default runs them all.
+
+    Every pipeline is built from one reading of the study design (``find_pipelines``
+    would have each read the configuration again, once per pipeline).
+    """
+    design = load_study_design()
+    pipelines = {
+        "simulate": simulate.create_pipeline(design=design),
+        "ptychi_baseline": ptychi_baseline.create_pipeline(design=design),
+        "evaluation": evaluation.create_pipeline(design=design),
+    }
     pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))
     return pipelines

@@ -1,7 +1,7 @@
 """pty-chi LSQML, in-process: options from parameters, DATA-001 to pty-chi, one run.
 
 ``ptychi`` and ``torch`` cost seconds to import, and every ``kedro`` command imports
-this module (``find_pipelines``), so they are imported inside the functions that need
+this module (``register_pipelines``), so they are imported inside the functions that need
 them.
 """
 
