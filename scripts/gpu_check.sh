@@ -110,37 +110,38 @@ recon_params() {
 now() { date +%s.%N; }
 since() { python -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(now)"; }
 
-run_embedded() {
-    local out="$WORK/embedded" started wall
-    echo "== embedded study (conf/base): simulate, then 18 jobs on the GPU"
-    kedro_logged embedded_simulate run --pipeline simulate
-    start_sampler "$WORK/logs/embedded_gpu.csv"
+# measured NAME OUT TITLE KEDRO_ARGS...: one kedro run with the GPU sampled, then the
+# report of its manifest (OUT/reconstruction_manifest.json).
+measured() {
+    local name="$1" out="$2" title="$3" started wall
+    shift 3
+    start_sampler "$WORK/logs/${name}_gpu.csv"
     started=$(now)
-    kedro_logged embedded_reconstruct run --pipeline ptychi_baseline \
-        --params "$(recon_params "$out")"
+    kedro_logged "$name" "$@"
     wall=$(since "$started")
     stop_sampler
     python "$HELPER" report "$out/reconstruction_manifest.json" --wall "$wall" \
-        --gpu-log "$WORK/logs/embedded_gpu.csv" \
-        --title "Embedded study on the GPU ($(date -u +%F))"
+        --gpu-log "$WORK/logs/${name}_gpu.csv" --title "$title ($(date -u +%F))"
+}
+
+run_embedded() {
+    local out="$WORK/embedded"
+    echo "== embedded study (conf/base): simulate, then 18 jobs on the GPU"
+    kedro_logged embedded_simulate run --pipeline simulate
+    measured embedded "$out" "Embedded study on the GPU" \
+        run --pipeline ptychi_baseline --params "$(recon_params "$out")"
 }
 
 run_full_job() {
-    local out="$WORK/full_job" node started wall
+    local out="$WORK/full_job" node started
     node=$(cd "$PROJECT" && python "$HELPER" to-node "$JOB" 2>>"$WORK/logs/helper.log")
     echo "== one full-scale job (conf/$FULL_ENV): $JOB (simulating up to $node first)"
     started=$(now)
     kedro_logged full_simulate_one run --env "$FULL_ENV" --pipeline simulate --to-nodes "$node"
     echo "full-scale simulation for $JOB: $(since "$started") s"
-    start_sampler "$WORK/logs/full_job_gpu.csv"
-    started=$(now)
-    kedro_logged full_job run --env "$FULL_ENV" --pipeline ptychi_baseline --namespaces "$JOB" \
+    measured full_job "$out" "One full-scale job on the GPU" \
+        run --env "$FULL_ENV" --pipeline ptychi_baseline --namespaces "$JOB" \
         --params "$(recon_params "$out" "${GPU_CHECK_EPOCHS:-}")"
-    wall=$(since "$started")
-    stop_sampler
-    python "$HELPER" report "$out/reconstruction_manifest.json" --wall "$wall" \
-        --gpu-log "$WORK/logs/full_job_gpu.csv" \
-        --title "One full-scale job on the GPU ($(date -u +%F))"
 }
 
 simulate_full_study() {
@@ -200,19 +201,13 @@ run_concurrent() {
 }
 
 run_dask() {
-    local out="$WORK/full_dask" started wall
+    local out="$WORK/full_dask"
     echo "== full-scale study (conf/$FULL_ENV) through the Dask runner, $GROUPS_N workers per GPU"
     simulate_full_study
-    start_sampler "$WORK/logs/full_dask_gpu.csv"
-    started=$(now)
-    kedro_logged full_dask run --env "$FULL_ENV" --pipeline ptychi_baseline \
+    measured full_dask "$out" "Full-scale study, Dask with $GROUPS_N workers per GPU" \
+        run --env "$FULL_ENV" --pipeline ptychi_baseline \
         --runner fly64_recon.runner.DaskRunner --runner-params "workers_per_gpu=$GROUPS_N" \
         --params "$(recon_params "$out" "${GPU_CHECK_EPOCHS:-}")"
-    wall=$(since "$started")
-    stop_sampler
-    python "$HELPER" report "$out/reconstruction_manifest.json" --wall "$wall" \
-        --gpu-log "$WORK/logs/full_dask_gpu.csv" \
-        --title "Full-scale study, Dask with $GROUPS_N workers per GPU ($(date -u +%F))"
 }
 
 main() {
