@@ -90,6 +90,12 @@ def test_a_gpu_can_be_shared_by_several_workers(monkeypatch):
         dask_runner.DaskRunner(workers_per_gpu=0)
 
 
+def test_workers_per_gpu_without_a_gpu_says_it_does_nothing(monkeypatch, caplog):
+    monkeypatch.setattr(dask_runner, "visible_gpus", lambda: [])
+    assert list(dask_runner.worker_specs(per_gpu=3)) == ["cpu0", "cpu1"]
+    assert "No GPU is visible, so workers_per_gpu=3 does nothing" in caplog.text
+
+
 def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
     torch = pytest.importorskip("torch")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

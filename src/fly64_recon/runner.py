@@ -383,6 +383,13 @@ def worker_specs(
             for k in range(per_gpu)
         }
     count = n_workers or DEFAULT_CPU_WORKERS
+    if per_gpu > 1:
+        logging.getLogger(__name__).warning(
+            "No GPU is visible, so workers_per_gpu=%d does nothing: %d CPU workers "
+            "(n_workers sets how many)",
+            per_gpu,
+            count,
+        )
     return {f"cpu{i}": _nanny(count, {}, {}) for i in range(count)}
 
 
