@@ -1,5 +1,7 @@
 """The study's structure: one job pipeline per namespace, selectable as users type it."""
 
+import warnings
+
 import pytest
 from click.testing import CliRunner
 
@@ -78,8 +80,22 @@ def test_namespace_alias_reaches_kedro_run(monkeypatch):
 
     assert result.exit_code == 0, result.output
     assert seen["namespaces"] == ["dose_1e4"]
-    assert seen["pipeline"] == "ptychi_baseline"
     assert "runner" in seen and "params" in seen
+
+
+def test_pipeline_reaches_kedro_as_pipelines_without_a_deprecation(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(cli.kedro_run, "callback", lambda **kw: seen.update(kw))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = CliRunner().invoke(
+            cli.cli, ["run", "--pipeline", "ptychi_baseline", "--pipelines", "simulate"]
+        )
+
+    assert result.exit_code == 0, result.output
+    assert seen["pipelines"] == ["simulate", "ptychi_baseline"]
+    assert seen.get("pipeline") is None
 
 
 def test_namespace_alias_adds_to_namespaces(monkeypatch):

@@ -1,8 +1,10 @@
-"""Project CLI: Kedro's own ``kedro run`` with a ``--namespace`` alias.
+"""Project CLI: Kedro's own ``kedro run`` with the options scientists type.
 
-Kedro 1.x only has ``--namespaces`` (comma-separated). Scientists type
-``kedro run --namespace dose_1e4``; this wraps Kedro's command unchanged and adds the
-alias, so every other option keeps Kedro's meaning.
+Kedro 1.x only has ``--namespaces`` (comma-separated), and deprecates ``--pipeline`` in
+favour of ``--pipelines``. Scientists type ``kedro run --pipeline ptychi_baseline
+--namespace dose_1e4``; this wraps Kedro's command unchanged, adds ``--namespace`` and
+hands ``--pipeline`` to Kedro as ``--pipelines``, so every option keeps Kedro's meaning
+and none warns.
 """
 
 from __future__ import annotations
@@ -13,13 +15,38 @@ from typing import Any
 import click
 from kedro.framework.cli.project import run as kedro_run
 
+KEDRO_OPTIONS = {param.name for param in kedro_run.params}
 
-def _merge_namespaces(ctx: click.Context, namespace: tuple[str, ...], **kwargs: Any):
+
+def _run(ctx: click.Context, namespace: tuple[str, ...], **kwargs: Any):
     kwargs["namespaces"] = [*kwargs["namespaces"], *namespace]
+    pipeline = kwargs.pop("pipeline", None)
+    if pipeline:
+        kwargs["pipelines"] = [*kwargs["pipelines"], pipeline]
+    if "pipeline" in KEDRO_OPTIONS:
+        kwargs["pipeline"] = None
     if kwargs.get("env"):
         # The pipelines are built per job from the environment's study design.
         os.environ["KEDRO_ENV"] = kwargs["env"]
     return ctx.invoke(kedro_run.callback, **kwargs)
+
+
+def _aliases() -> list[click.Option]:
+    aliases = [
+        click.Option(
+            ["--namespace"],
+            multiple=True,
+            help="Run only the nodes of this namespace (an alias of --namespaces; "
+            "may be repeated), e.g. --namespace dose_1e4.",
+        )
+    ]
+    if "pipeline" not in KEDRO_OPTIONS:  # once Kedro drops it
+        aliases.append(
+            click.Option(
+                ["--pipeline", "-p"], help="One pipeline to run (see --pipelines)."
+            )
+        )
+    return aliases
 
 
 @click.group(name="fly64_recon")
@@ -29,16 +56,8 @@ def cli() -> None:
 
 run = click.Command(
     name="run",
-    callback=click.pass_context(_merge_namespaces),
-    params=[
-        *kedro_run.params,
-        click.Option(
-            ["--namespace"],
-            multiple=True,
-            help="Run only the nodes of this namespace (an alias of --namespaces; "
-            "may be repeated), e.g. --namespace dose_1e4.",
-        ),
-    ],
+    callback=click.pass_context(_run),
+    params=[*kedro_run.params, *_aliases()],
     help=kedro_run.help,
 )
 cli.add_command(run)
