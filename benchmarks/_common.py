@@ -36,6 +36,21 @@ EMBEDDED_INPUTS = 18
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
+def add_study_options(parser: argparse.ArgumentParser) -> None:
+    """``--workdir`` (where the scratch project lives) and ``--threads``."""
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    add_threads_option(parser)
+
+
+def prepared_study(args: argparse.Namespace, env: str | None = None) -> Path:
+    """Threads pinned and the machine printed; the scratch project, its study simulated."""
+    apply_threads(args.threads)
+    print(machine())
+    project = scratch_project(args.workdir)
+    ensure_embedded_study(project, env)
+    return project
+
+
 def add_threads_option(parser: argparse.ArgumentParser) -> None:
     """``--threads N``: pin torch/BLAS threads in every process the benchmark starts."""
     parser.add_argument(

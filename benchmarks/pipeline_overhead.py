@@ -37,17 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    DEFAULT_WORKDIR,
-    add_threads_option,
-    apply_threads,
-    ensure_embedded_study,
+    add_study_options,
     input_path,
     machine,
     median,
     peak_rss_mib,
+    prepared_study,
     print_table,
     run_worker,
-    scratch_project,
     spread,
     worker_command,
 )
@@ -269,8 +266,7 @@ def parse_args() -> argparse.Namespace:
         help="Kedro environment of the study (full: conf/full)",
     )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
-    add_threads_option(parser)
+    add_study_options(parser)
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -289,13 +285,11 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    apply_threads(args.threads)
-    print(machine())
     if args.report_only:
+        print(machine())
         report(saved_samples(args), args)
         return
-    project = scratch_project(args.workdir)
-    ensure_embedded_study(project, args.env)
+    project = prepared_study(args, args.env)
     report(collect(args, project), args)
 
 

@@ -23,17 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    DEFAULT_WORKDIR,
-    add_threads_option,
-    apply_threads,
-    ensure_embedded_study,
+    add_study_options,
     input_path,
-    machine,
     median,
     peak_rss_mib,
+    prepared_study,
     print_table,
     run_worker,
-    scratch_project,
     worker_command,
 )
 
@@ -177,8 +173,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--input", type=Path, help="default: the namespace's file")
-    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
-    add_threads_option(parser)
+    add_study_options(parser)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--project", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -191,10 +186,7 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    apply_threads(args.threads)
-    print(machine())
-    args.project = scratch_project(args.workdir)
-    ensure_embedded_study(args.project)
+    args.project = prepared_study(args)
     source = args.input or input_path(args.project, args.namespace)
     results: dict[tuple[int, int], list[dict]] = {p: [] for p in points(args)}
     for repeat in range(args.repeats):

@@ -15,7 +15,7 @@ Usage (from the project root)::
   than the pipeline (no validation, hash, figure or manifest), so it is the cheapest
   subprocess-per-job orchestrator there can be.
 
-Both arms use the same reduced epoch count (``--epochs``, default 2; conf/base has 24),
+Both arms use the same reduced epoch count (``--epochs``, default 2; conf/base has 20),
 so the reconstruction is the same work and the difference is process start, imports
 and the per-job extras. Wall times are measured from outside each process; arms
 alternate, and the ratio is the median of per-repeat ratios.
@@ -29,19 +29,15 @@ import shutil
 from pathlib import Path
 
 from _common import (
-    DEFAULT_WORKDIR,
-    add_threads_option,
-    apply_threads,
-    ensure_embedded_study,
+    add_study_options,
     epochs_param,
     input_path,
     kedro_command,
     kedro_env,
-    machine,
     median,
+    prepared_study,
     print_table,
     run_logged,
-    scratch_project,
     spread,
     study_namespaces,
     worker_command,
@@ -135,18 +131,14 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
-    add_threads_option(parser)
+    add_study_options(parser)
     return parser.parse_args()
 
 
 def main() -> None:
     """Run both arms and print the table."""
     args = parse_args()
-    apply_threads(args.threads)
-    print(machine())
-    project = scratch_project(args.workdir)
-    ensure_embedded_study(project)
+    project = prepared_study(args)
     report(collect(args, project), args)
 
 

@@ -2,6 +2,9 @@
 
 import os
 import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +92,28 @@ TINY_SIMULATE = {
     "chunk_size": 32,
     "min_view_positions": 5,
 }
+
+
+def run_kedro(
+    project: Path,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m kedro ARGS`` in ``project``, telemetry off, output captured.
+
+    ``env`` adds to this process's environment. Never raises on a failed run: the
+    caller asserts on the exit code and the output.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "kedro", *args],
+        check=False,
+        cwd=project,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def make_tiny_project(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -16,7 +14,7 @@ from types import SimpleNamespace
 import dask
 import numpy as np
 import pytest
-from conftest import make_tiny_project
+from conftest import TINY_SIMULATE, make_tiny_project, run_kedro
 from distributed import Client
 from kedro.config import OmegaConfigLoader
 from kedro.framework.session import KedroSession
@@ -36,11 +34,9 @@ ENV = "dask"
 DOSES = (1000.0, 100000.0)
 TINY = {
     "simulate": {
-        "patch_size": 16,
+        **TINY_SIMULATE,
         "object_shape": [64, 64],
-        "probe": {"aperture": 0.5, "beam_diameter": 0.5},
         "scan": {"rows": 8, "points_per_row": 8, "n_positions": 64},
-        "chunk_size": 32,
         "min_view_positions": 4,
     },
     "ptychi_baseline": {"lsqml": {"reconstructor_options": {"num_epochs": 3}}},
@@ -274,22 +270,15 @@ def test_kedro_run_on_the_cluster_fails_when_a_job_fails(project, cluster, tmp_p
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"not a zip file")
     artifacts = tmp_path / "out"
-    command = [
-        *(sys.executable, "-m", "kedro", "run", "--env", ENV),
+    done = run_kedro(
+        project,
+        *("run", "--env", ENV),
         *("--runner", "fly64_recon.runner.DaskRunner"),
         *("--runner-params", f"address={cluster.scheduler.address}"),
         *("--pipelines", "ptychi_baseline"),
         *("--namespaces", "dose_1e3.sparse,dose_1e5.sparse"),
         *("--params", f"artifact_root={artifacts},phase_d_root={tmp_path / 'phase_d'}"),
-    ]
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "200"}
-    done = subprocess.run(
-        command,
-        check=False,
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
+        env={"COLUMNS": "200"},
         timeout=300,
     )
 

@@ -6,13 +6,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
 import pandas as pd
 import pytest
-from conftest import PROJECT_ROOT, TINY_ENV, make_tiny_project
+from conftest import PROJECT_ROOT, TINY_ENV, make_tiny_project, run_kedro
 from nbclient import NotebookClient
 
 from fly64_recon.study import StudyDesign
@@ -26,15 +25,7 @@ ARTIFACTS = "data/07_model_output/ptychi_baseline"
 
 def kedro(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """``kedro <args>`` in the project's tiny environment, as a user would type it."""
-    result = subprocess.run(
-        [sys.executable, "-m", "kedro", *args],
-        cwd=project,
-        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "KEDRO_ENV": TINY_ENV},
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    result = run_kedro(project, *args, env={"KEDRO_ENV": TINY_ENV}, timeout=900)
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, TINY_DOSES, TINY_ENV
+from conftest import PROJECT_ROOT, TINY_DOSES, TINY_ENV, run_kedro
 
 from fly64_recon.contract import read_metadata
 from fly64_recon.study import Job, StudyDesign, spacing_threshold
@@ -20,22 +18,13 @@ pytestmark = pytest.mark.e2e
 
 def kedro_run(project: Path, *args: str) -> None:
     """Run the simulate pipeline of ``project`` in its tiny environment; fail loudly."""
-    env = {
-        **os.environ,
-        "KEDRO_DISABLE_TELEMETRY": "1",
-        "PYTHONPATH": os.pathsep.join(
-            p for p in (str(PROJECT_ROOT / "src"), os.environ.get("PYTHONPATH")) if p
-        ),
-    }
-    command = [sys.executable, "-m", "kedro", "run", "--pipeline", "simulate"]
-    result = subprocess.run(
-        [*command, "--env", TINY_ENV, *args],
-        check=False,
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    source = os.pathsep.join(
+        p for p in (str(PROJECT_ROOT / "src"), os.environ.get("PYTHONPATH")) if p
+    )
+    result = run_kedro(
+        project,
+        *("run", "--pipeline", "simulate", "--env", TINY_ENV, *args),
+        env={"PYTHONPATH": source},
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 

@@ -15,38 +15,16 @@ from typing import Any
 import click
 from kedro.framework.cli.project import run as kedro_run
 
-KEDRO_OPTIONS = {param.name for param in kedro_run.params}
-
 
 def _run(ctx: click.Context, namespace: tuple[str, ...], **kwargs: Any):
     kwargs["namespaces"] = [*kwargs["namespaces"], *namespace]
-    pipeline = kwargs.pop("pipeline", None)
-    if pipeline:
-        kwargs["pipelines"] = [*kwargs["pipelines"], pipeline]
-    if "pipeline" in KEDRO_OPTIONS:
+    if kwargs["pipeline"]:
+        kwargs["pipelines"] = [*kwargs["pipelines"], kwargs["pipeline"]]
         kwargs["pipeline"] = None
     if kwargs.get("env"):
         # The pipelines are built per job from the environment's study design.
         os.environ["KEDRO_ENV"] = kwargs["env"]
     return ctx.invoke(kedro_run.callback, **kwargs)
-
-
-def _aliases() -> list[click.Option]:
-    aliases = [
-        click.Option(
-            ["--namespace"],
-            multiple=True,
-            help="Run only the nodes of this namespace (an alias of --namespaces; "
-            "may be repeated), e.g. --namespace dose_1e4.",
-        )
-    ]
-    if "pipeline" not in KEDRO_OPTIONS:  # once Kedro drops it
-        aliases.append(
-            click.Option(
-                ["--pipeline", "-p"], help="One pipeline to run (see --pipelines)."
-            )
-        )
-    return aliases
 
 
 @click.group(name="fly64_recon")
@@ -57,7 +35,15 @@ def cli() -> None:
 run = click.Command(
     name="run",
     callback=click.pass_context(_run),
-    params=[*kedro_run.params, *_aliases()],
+    params=[
+        *kedro_run.params,
+        click.Option(
+            ["--namespace"],
+            multiple=True,
+            help="Run only the nodes of this namespace (an alias of --namespaces; "
+            "may be repeated), e.g. --namespace dose_1e4.",
+        ),
+    ],
     help=kedro_run.help,
 )
 cli.add_command(run)

@@ -11,8 +11,8 @@ from fly64_recon.pipelines.simulate import pipeline as simulate
 def register_pipelines() -> dict[str, Pipeline]:
     """Register the project's pipelines; the default runs them all.
 
-    Every pipeline is built from one reading of the study design (``find_pipelines``
-    would have each read the configuration again, once per pipeline).
+    Every pipeline is built from one reading of the study design in the active
+    environment's configuration; the pipelines themselves read no configuration.
     """
     design = load_study_design()
     pipelines = {

@@ -2,7 +2,6 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from fly64_recon.config import load_study_design
 from fly64_recon.pipelines import bind
 from fly64_recon.pipelines.evaluation.figures import (
     convergence_figure,
@@ -17,12 +16,12 @@ from fly64_recon.pipelines.evaluation.nodes import (
     metrics_table,
     summary_report,
 )
-from fly64_recon.study import Job
+from fly64_recon.study import Job, StudyDesign
 
 
-def create_pipeline(**kwargs) -> Pipeline:
+def create_pipeline(*, design: StudyDesign) -> Pipeline:
     """Every job's evaluation in its own namespace, then the study summary."""
-    jobs = (kwargs.get("design") or load_study_design()).jobs()
+    jobs = design.jobs()
     evaluations = sum((job_pipeline(job) for job in jobs), Pipeline([]))
     return evaluations + summary_pipeline(jobs)
 

@@ -2,18 +2,17 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from fly64_recon.config import load_study_design
 from fly64_recon.pipelines import bind
 from fly64_recon.pipelines.ptychi_baseline.nodes import (
     reconstruct,
     record,
     validate_input,
 )
-from fly64_recon.study import Job
+from fly64_recon.study import Job, StudyDesign
 
 
-def create_pipeline(**kwargs) -> Pipeline:
-    design = kwargs.get("design") or load_study_design()
+def create_pipeline(*, design: StudyDesign) -> Pipeline:
+    """One job pipeline per job of the study design."""
     return sum((job_pipeline(job) for job in design.jobs()), Pipeline([]))
 
 

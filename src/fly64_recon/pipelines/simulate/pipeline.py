@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from kedro.pipeline import Node, Pipeline
 
-from fly64_recon.config import load_study_design
 from fly64_recon.pipelines import bind
 from fly64_recon.pipelines.simulate import nodes
 from fly64_recon.study import Job, StudyDesign, dose_namespace
 
 
-def create_pipeline(**kwargs) -> Pipeline:
+def create_pipeline(*, design: StudyDesign) -> Pipeline:
     """Probe, object and scan once; per dose its Phase C splits and Phase D views."""
-    design: StudyDesign = kwargs.get("design") or load_study_design()
     ground_truth = Pipeline(
         [
             Node(nodes.make_probe, "params:simulate", "probe", name="make_probe"),
