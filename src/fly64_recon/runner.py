@@ -126,13 +126,14 @@ class DaskRunner(AbstractRunner):
         validating and plotting overlaps another's reconstruction.
         """
         super().__init__(is_async=is_async)
-        if int(workers_per_gpu) < 1:
+        if not isinstance(workers_per_gpu, int) or workers_per_gpu < 1:
             raise ValueError(
-                f"workers_per_gpu must be at least 1, not {workers_per_gpu}"
+                f"workers_per_gpu must be at least 1, not {workers_per_gpu!r} "
+                "(a whole number of workers sharing each GPU)"
             )
         self._address = address
         self._n_workers = n_workers
-        self._workers_per_gpu = int(workers_per_gpu)
+        self._workers_per_gpu = workers_per_gpu
         self._retries = retries
 
     def _get_executor(self, max_workers: int) -> None:
