@@ -326,6 +326,49 @@ def test_contract_error_is_a_value_error_and_pickles(arrays):
     assert str(clone) == str(error)
 
 
+def test_diffraction_with_its_dc_term_in_the_corner(arrays):
+    arrays["diffraction"] = np.fft.ifftshift(arrays["diffraction"], axes=(-2, -1))
+    assert_problem(problems_of(arrays), "diffraction", "DC term is in the corner")
+
+
+def test_centred_diffraction_with_a_beamstop_passes(arrays):
+    arrays["diffraction"][:, N // 2, N // 2] = 0  # the brightest pixel blocked
+    assert validate(arrays, PATH) == []
+
+
+@pytest.mark.parametrize(
+    ("factor", "fragment"), [(0.0, "all zero"), (1e-9, "near zero")]
+)
+def test_an_all_zero_or_near_zero_probe(arrays, factor, fragment):
+    arrays["probeGuess"] = arrays["probeGuess"] * np.complex64(factor)
+    assert_problem(problems_of(arrays), "probeGuess", fragment)
+
+
+def test_a_dim_but_real_probe_passes(arrays):
+    arrays["probeGuess"] = arrays["probeGuess"] * np.complex64(1e-3)
+    assert validate(arrays, PATH) == []
+
+
+def test_many_exactly_repeated_positions(arrays):
+    rng = np.random.default_rng(1)
+    arrays = make_file(rng, n=20)
+    for key in ("xcoords", "ycoords"):
+        arrays[key][10:] = arrays[key][:10]
+    assert_problem(problems_of(arrays), "xcoords", "10 of 20 positions repeat")
+
+
+def test_one_repeated_position_is_a_warning(caplog):
+    arrays = make_file(np.random.default_rng(2), n=20)
+    for key in ("xcoords", "ycoords"):
+        arrays[key][5] = arrays[key][4]
+    with caplog.at_level(logging.WARNING, logger="fly64_recon.contract"):
+        warnings = validate(arrays, PATH)
+    assert warnings == [
+        "xcoords/ycoords: 1 of 20 positions repeat an earlier (xcoords, ycoords) "
+        "exactly"
+    ]
+
+
 def measured_style_file(rng: np.random.Generator, n: int = 6) -> dict[str, np.ndarray]:
     """Real measured data: amplitude = sqrt(counts), tens at the centre, no metadata."""
     arrays = make_file(rng, n=n, metadata=False)
@@ -368,8 +411,8 @@ def valid_files(draw: st.DrawFn) -> dict[str, np.ndarray]:
         np.random.default_rng(draw(st.integers(0, 2**32 - 1))),
         n=draw(st.integers(1, 6)),
         size=size,
-        height=draw(st.integers(size, size + 20)),
-        width=draw(st.integers(size, size + 20)),
+        height=draw(st.integers(size + 2, size + 20)),
+        width=draw(st.integers(size + 2, size + 20)),
         metadata=draw(st.booleans()),
     )
 

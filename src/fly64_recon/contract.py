@@ -66,6 +66,15 @@ TOTALS_FACTOR = 2.0
 TOTALS_SIGMAS = 5.0
 HEURISTIC_SAMPLE_PATTERNS = 16
 COUNTS_CHECK_BELOW = 1e4  # where float32 still resolves single photons
+# The patterns' energy sits this many times closer to the corners than to the centre:
+# the DC term is in the corner (not fftshifted).
+CORNER_DC_RATIO = 2.0
+MIN_CENTRE_CHECK_SIZE = 8  # smaller patterns cannot tell centre from corner
+# A probe this many times weaker than the patterns (sum |probe|^2 vs the mean
+# sum diffraction^2) is numerical noise, not a probe estimate.
+NEAR_ZERO_PROBE_RATIO = 1e-12
+# Exactly repeated positions: an error from this fraction of the scan on, else a warning.
+REPEATED_POSITIONS_FRACTION = 0.1
 _CHUNK_ELEMENTS = 2**16  # 256 KiB of float32: the reductions of a chunk share the cache
 
 
@@ -104,9 +113,15 @@ def validate(arrays: Mapping[str, np.ndarray], path: str) -> list[str]:
             stats = _reduce(diffraction)
         problems += _diffraction_problems(diffraction, stats)
 
+    clean = diffraction is not None and stats is not None and stats.is_clean() and n
+    if clean:
+        problems += _centre_problems(diffraction)
+
     probe = _get(arrays, "probeGuess")
     if probe is not None:
         problems += _probe_problems(probe, size)
+        if clean and probe.dtype.kind == "c" and np.isfinite(probe).all():
+            problems += _probe_power_problems(probe, stats.sum_of_squares / n)
         if size is None and _is_square_2d(probe):
             size = probe.shape[0]
     problems += _position_problems(arrays, n, size)
@@ -115,7 +130,10 @@ def validate(arrays: Mapping[str, np.ndarray], path: str) -> list[str]:
     metadata, metadata_problems = _metadata(arrays)
     problems += metadata_problems
     warnings: list[str] = []
-    if diffraction is not None and stats is not None and stats.is_clean() and n:
+    repeated, repeat_warnings = _repeated_positions(arrays, n)
+    problems += repeated
+    warnings += repeat_warnings
+    if clean:
         if "intensity_scale" in metadata and "dose" in metadata:
             problems += _totals_problems(metadata, stats.sum_of_squares / n, n)
             problems += _counts_problems(diffraction, metadata)
@@ -241,6 +259,83 @@ def _diffraction_problems(d: np.ndarray, stats: _Reduction | None) -> list[Probl
                 f"(min {stats.minimum:.4g}); amplitudes are non-negative"
             )
     return [Problem("diffraction", m) for m in problems]
+
+
+def _mean_distance_from_centre(intensity: np.ndarray) -> float:
+    """Intensity-weighted mean distance of a pattern's pixels from pixel (N/2, N/2)."""
+    rows, cols = np.indices(intensity.shape)
+    centre = np.array(intensity.shape) // 2
+    radius = np.hypot(rows - centre[0], cols - centre[1])
+    return float((intensity * radius).sum() / intensity.sum())
+
+
+def _centre_problems(diffraction: np.ndarray) -> list[Problem]:
+    """DATA-001 patterns have their DC term at the centre; unshifted ones at a corner."""
+    size = diffraction.shape[-1]
+    if size < MIN_CENTRE_CHECK_SIZE:
+        return []
+    picks = np.unique(
+        np.linspace(0, len(diffraction) - 1, HEURISTIC_SAMPLE_PATTERNS).astype(int)
+    )
+    mean = np.mean(np.square(diffraction[picks], dtype=np.float64), axis=0)
+    if mean.sum() <= 0:
+        return []
+    given = _mean_distance_from_centre(mean)
+    swapped = _mean_distance_from_centre(np.fft.fftshift(mean))
+    if given <= CORNER_DC_RATIO * swapped:
+        return []
+    return [
+        Problem(
+            "diffraction",
+            f"the patterns' intensity lies {given / swapped:.1f}x closer to the "
+            "corners than to the centre: the DC term is in the corner; DATA-001 "
+            "stores it at the centre (apply numpy.fft.fftshift over the last two axes)",
+        )
+    ]
+
+
+def _probe_power_problems(probe: np.ndarray, pattern_power: float) -> list[Problem]:
+    """An all-zero or near-zero probe cannot start a reconstruction."""
+    power = float(np.sum(np.abs(probe.astype(np.complex128)) ** 2))
+    if power == 0:
+        return [Problem("probeGuess", "is all zero: there is no probe to start from")]
+    if pattern_power > 0 and power < NEAR_ZERO_PROBE_RATIO * pattern_power:
+        return [
+            Problem(
+                "probeGuess",
+                f"is near zero: sum |probe|^2 = {power:.3g}, {pattern_power / power:.3g}"
+                f" times below the patterns' mean sum diffraction^2 "
+                f"({pattern_power:.3g}); the probe estimate is numerical noise",
+            )
+        ]
+    return []
+
+
+def _repeated_positions(
+    arrays: Mapping[str, np.ndarray], n: int | None
+) -> tuple[list[Problem], list[str]]:
+    """Positions given more than once: many are an error, a few a warning."""
+    x, y = _get(arrays, "xcoords"), _get(arrays, "ycoords")
+    usable = (
+        x is not None
+        and y is not None
+        and x.ndim == y.ndim == 1
+        and len(x) == len(y) >= 2
+        and x.dtype.kind in "iuf"
+        and y.dtype.kind in "iuf"
+    )
+    if not usable:
+        return [], []
+    repeats = len(x) - len(np.unique(np.column_stack([x, y]), axis=0))
+    if repeats == 0:
+        return [], []
+    message = (
+        f"{repeats} of {len(x)} positions repeat an earlier (xcoords, ycoords) exactly"
+    )
+    if repeats >= 2 and repeats >= REPEATED_POSITIONS_FRACTION * len(x):
+        hint = "; a scan visits each position once (lost or copied coordinates?)"
+        return [Problem("xcoords", message + hint)], []
+    return [], [f"xcoords/ycoords: {message}"]
 
 
 def _probe_problems(probe: np.ndarray, size: int | None) -> list[Problem]:

@@ -1,37 +1,48 @@
-"""Align a reconstruction to its ground truth and measure it: pure functions on arrays.
+"""Align a reconstruction to its ground truth and measure it where the beam was.
+
+Pure functions on arrays. Every ground-truth number is measured inside the job's
+illumination mask (``fly64_recon.beam``: summed ``|probe|^2`` over the job's positions at
+or above a fraction of its maximum); ``region`` is the mask's bounding box, the crop all
+images are cut to.
 
 Alignment (``align``), in the order a ptychographic reconstruction needs it:
 
-1. Crop to the scanned region: the bounding box of the N x N footprints
-   ``[y - N/2, y + N/2) x [x - N/2, x + N/2)`` of the positions used, shrunk by a margin
-   on every side (the footprint's rim is barely lit, so it is barely constrained).
-2. Register: subpixel cross-correlation of the complex crops (scikit-image's
+1. Register: subpixel cross-correlation of the complex crops (scikit-image's
    ``phase_cross_correlation`` without phase normalisation, i.e. Guizar-Sicairos et al.
-   2008: robust to noise, and its error is meaningful), after a first phase fit (step 3)
-   and with both crops mean-subtracted and Hann-windowed; then a cubic-spline shift
+   2008), after a first phase fit (step 2), with both crops mean-subtracted over the
+   mask and weighted by the mask softened with a Gaussian (``SOFT_MASK_SIGMA``): unlit
+   pixels, which hold only the flat start, take no part, and by a Hann window. Then a cubic-spline shift
    (scipy) of a padded crop, cropped again, so that no padded edge enters the region.
-3. Phase: the reconstruction is known only up to a global phase and a linear phase ramp.
-   With ``g = truth * conj(reconstruction)``, the ramp is the mean phase gradient
-   ``angle(sum(g[i+1] * conj(g[i])))`` along each axis and the offset ``angle(sum(g))``
-   after the ramp: amplitude-weighted and free of phase wrapping, unlike a plane fit.
-4. Amplitude: the least-squares scale ``sum(|t| |r|) / sum(|r|^2)``.
+2. Phase: the reconstruction is known only up to a global phase and a linear phase ramp.
+   With ``g = truth * conj(reconstruction)`` on the mask, the ramp is the mean phase
+   gradient ``angle(sum(g[i+1] * conj(g[i])))`` along each axis and the offset
+   ``angle(sum(g))`` after the ramp: amplitude-weighted and free of phase wrapping.
+3. Amplitude: the least-squares scale ``sum(|t| |r|) / sum(|r|^2)`` on the mask.
 
-Metrics (``image_metrics``), for amplitude and phase images alike; the dynamic range of
-PSNR and SSIM is the ground truth's (max - min) over the region:
+The null reference (``null_reference``) is a flat object (no reconstruction at all)
+taken through steps 2 and 3 on the same mask, no shift: the score a reconstruction must
+beat to have recovered anything.
 
-* MAE, MSE, PSNR (scikit-image).
-* SSIM: scikit-image with Wang et al.'s settings (Gaussian window sigma 1.5, population
-  covariance).
-* MS-SSIM: scikit-image has none. Here it is the product of SSIM at up to five dyadic
-  scales (2 x 2 mean pooling), raised to Wang, Simoncelli & Bovik's (2003) weights
-  (renormalised when the image is too small for five). This uses the whole SSIM at every
-  scale, not the contrast-structure term alone at the finer ones, so it runs a little
-  below the original definition; it is 1 for identical images. Negative SSIMs count as 0.
-* FRC against the ground truth: both images mean-subtracted and Hann-windowed, rings one
-  ``1 / min(H, W)`` wide in spatial frequency (cycles per pixel; Nyquist is 0.5). The
-  resolution is where the curve first falls below 0.5 and 1/7 (linear interpolation),
-  reported as a fraction of Nyquist: 1.0 means it never fell below; the half-period
-  resolution in pixels is ``1 / fraction``.
+Metrics (``image_metrics``), for amplitude and phase images alike, over the mask; the
+dynamic range of PSNR and SSIM is the ground truth's (max - min) on the mask:
+
+* MAE, MSE, PSNR over the mask's pixels.
+* SSIM: scikit-image's SSIM map with Wang et al.'s settings (Gaussian window sigma 1.5,
+  population covariance), averaged over the mask.
+* MS-SSIM: scikit-image has none. Here it is the product of the masked SSIM at up to
+  five dyadic scales (2 x 2 mean pooling of images and mask), raised to Wang, Simoncelli
+  & Bovik's (2003) weights (renormalised when the image is too small for five). This
+  uses the whole SSIM at every scale, not the contrast-structure term alone at the finer
+  ones, so it runs a little below the original definition; it is 1 for identical
+  images. Negative SSIMs count as 0.
+* FRC against the ground truth: both images mean-subtracted over the mask and weighted
+  by the same window as the registration, rings one ``1 / min(H, W)`` wide in spatial frequency (cycles
+  per pixel; Nyquist is 0.5). Against a ground truth the resolution is where the curve
+  first falls below 0.5 (the counterpart of the half-dataset 1/7 criterion, Rosenthal &
+  Henderson 2003), as a fraction of Nyquist: 1.0 means it never fell below.
+* Half-dataset FRC (``half_dataset_frc``): two reconstructions from interleaved halves
+  of the patterns, compared with each other, with the 1/7 and the half-bit threshold
+  (van Heel & Schatz 2005): the resolution measure that needs no ground truth.
 
 Phase error is measured after wrapping: the reconstruction's phase image is the truth's
 phase plus the wrapped phase difference, so a 2 pi jump is no error.
@@ -45,19 +56,17 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
-from skimage.metrics import (
-    mean_squared_error,
-    peak_signal_noise_ratio,
-    structural_similarity,
-)
+from skimage.metrics import structural_similarity
 from skimage.registration import phase_cross_correlation
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 SSIM_SIGMA = 1.5
 SSIM_MIN_SIDE = 11  # scikit-image's Gaussian window for sigma 1.5
-FRC_THRESHOLDS = {"frc_0.5": 0.5, "frc_1/7": 1 / 7}
+TRUTH_FRC_THRESHOLD = 0.5
+HALF_FRC_THRESHOLD = 1 / 7
 NYQUIST = 0.5
 SHIFT_PAD_PX = 8  # context around the region for the spline shift
+SOFT_MASK_SIGMA = 2.0  # px: the mask's edge as a taper, for registration and FRC
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,23 @@ class Alignment:
             amplitude_scale=float(data["amplitude_scale"]),
         )
 
+    def excess(self, max_shift_px: float, max_ramp_rad_per_px: float) -> list[str]:
+        """What in this alignment is larger than a trustworthy one would be, in words."""
+        shift = float(np.hypot(*self.shift_px))
+        ramp = float(np.hypot(*self.phase_ramp_rad_per_px))
+        found = []
+        if shift > max_shift_px:
+            found.append(
+                f"registration shifted the reconstruction by {shift:.2f} px "
+                f"(bound {max_shift_px} px): the alignment may be spurious"
+            )
+        if ramp > max_ramp_rad_per_px:
+            found.append(
+                f"a phase ramp of {ramp:.3f} rad/px was removed (bound "
+                f"{max_ramp_rad_per_px} rad/px): the reconstruction is tilted"
+            )
+        return found
+
 
 def is_flat(image: np.ndarray, tolerance: float) -> bool:
     """Whether amplitude and phase are both constant to ``tolerance``."""
@@ -100,23 +126,16 @@ def is_flat(image: np.ndarray, tolerance: float) -> bool:
     )
 
 
-def scanned_region(
-    xcoords: np.ndarray,
-    ycoords: np.ndarray,
-    patch_size: int,
-    shape: tuple[int, int],
-    margin_px: float,
-) -> tuple[int, int, int, int]:
-    """Bounding box ``(y0, y1, x0, x1)`` of the footprints, shrunk by ``margin_px``."""
-    half = patch_size / 2 - margin_px
-    y0 = max(0, int(np.ceil(np.min(ycoords) - half)))
-    y1 = min(shape[0], int(np.floor(np.max(ycoords) + half)))
-    x0 = max(0, int(np.ceil(np.min(xcoords) - half)))
-    x1 = min(shape[1], int(np.floor(np.max(xcoords) + half)))
+def mask_region(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Bounding box ``(y0, y1, x0, x1)`` of a mask, big enough to measure."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        raise ValueError("the illumination mask is empty: no pixel was lit")
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     if y1 - y0 < SSIM_MIN_SIDE or x1 - x0 < SSIM_MIN_SIDE:
         raise ValueError(
-            f"scanned region {y1 - y0} x {x1 - x0} px is too small to measure "
-            f"(at least {SSIM_MIN_SIDE} px a side); reduce evaluation.crop_margin"
+            f"illuminated region {y1 - y0} x {x1 - x0} px is too small to measure "
+            f"(at least {SSIM_MIN_SIDE} px a side); lower evaluation.illumination_fraction"
         )
     return y0, y1, x0, x1
 
@@ -125,6 +144,12 @@ def crop(image: np.ndarray, region: Sequence[int]) -> np.ndarray:
     """The ``(y0, y1, x0, x1)`` region of an image."""
     y0, y1, x0, x1 = region
     return image[y0:y1, x0:x1]
+
+
+def window(mask: np.ndarray) -> np.ndarray:
+    """A Hann window times the mask with a Gaussian taper: no cut edge, no unlit pixel."""
+    hann = np.outer(np.hanning(mask.shape[0]), np.hanning(mask.shape[1]))
+    return hann * ndimage.gaussian_filter(mask.astype(np.float64), SOFT_MASK_SIGMA)
 
 
 def shift_complex(image: np.ndarray, shift: Sequence[float]) -> np.ndarray:
@@ -160,9 +185,12 @@ def phase_ramp(
     return offset + gradient[0] * y[:, None] + gradient[1] * x[None, :]
 
 
-def fit_phase(truth: np.ndarray, estimate: np.ndarray) -> tuple[float, float, float]:
-    """Offset and ramp ``(phi, d/dy, d/dx)`` that best turn ``estimate`` into ``truth``."""
-    product = truth * np.conj(estimate)
+def fit_phase(
+    truth: np.ndarray, estimate: np.ndarray, mask: np.ndarray
+) -> tuple[float, float, float]:
+    """Offset and ramp ``(phi, d/dy, d/dx)`` that best turn ``estimate`` into ``truth``
+    on ``mask``."""
+    product = np.where(mask, truth * np.conj(estimate), 0)
     gy = float(np.angle(np.sum(product[1:, :] * np.conj(product[:-1, :]))))
     gx = float(np.angle(np.sum(product[:, 1:] * np.conj(product[:, :-1]))))
     ramp = phase_ramp(product.shape, 0.0, (gy, gx))
@@ -171,19 +199,19 @@ def fit_phase(truth: np.ndarray, estimate: np.ndarray) -> tuple[float, float, fl
 
 
 def register(
-    truth: np.ndarray, estimate: np.ndarray, upsample_factor: int
+    truth: np.ndarray, estimate: np.ndarray, mask: np.ndarray, upsample_factor: int
 ) -> tuple[np.ndarray, float]:
     """Subpixel shift that moves ``estimate`` onto ``truth``, and the registration error.
 
     The phase offset and ramp are taken out first (a ramp biases the correlation peak),
-    and both images are mean-subtracted and Hann-windowed (their cut edges would too).
+    and both images are mean-subtracted over the mask and weighted by the soft mask.
     """
-    offset, gy, gx = fit_phase(truth, estimate)
+    offset, gy, gx = fit_phase(truth, estimate, mask)
     levelled = estimate * np.exp(1j * phase_ramp(estimate.shape, offset, (gy, gx)))
-    window = np.outer(np.hanning(truth.shape[0]), np.hanning(truth.shape[1]))
+    weight = window(mask)
     shift, error, _ = phase_cross_correlation(
-        (truth - truth.mean()) * window,
-        (levelled - levelled.mean()) * window,
+        (truth - truth[mask].mean()) * weight,
+        (levelled - levelled[mask].mean()) * weight,
         upsample_factor=upsample_factor,
         normalization=None,
     )
@@ -193,27 +221,52 @@ def register(
 def align(
     reconstruction: np.ndarray,
     truth: np.ndarray,
-    region: tuple[int, int, int, int],
+    mask: np.ndarray,
     upsample_factor: int,
 ) -> tuple[Alignment, np.ndarray]:
     """Register ``reconstruction`` (same grid as ``truth``), fit phase and scale.
 
-    Returns the alignment and the aligned reconstruction of the region.
+    Returns the alignment and the aligned reconstruction of the mask's region.
     """
-    target = crop(truth, region)
-    shift, error = register(target, crop(reconstruction, region), upsample_factor)
+    region = mask_region(mask)
+    target, lit = crop(truth, region), crop(mask, region)
+    shift, error = register(target, crop(reconstruction, region), lit, upsample_factor)
     moved = shifted_region(reconstruction, shift, region)
-    offset, gy, gx = fit_phase(target, moved)
-    scale = np.sum(np.abs(target) * np.abs(moved)) / np.sum(np.abs(moved) ** 2)
-    alignment = Alignment(
+    alignment = _fit(
+        target, moved, lit, region, (float(shift[0]), float(shift[1])), error
+    )
+    return alignment, _correct(moved, alignment)
+
+
+def null_reference(truth: np.ndarray, mask: np.ndarray) -> tuple[Alignment, np.ndarray]:
+    """A flat object (no reconstruction), phase and scale fitted on the same mask."""
+    region = mask_region(mask)
+    target = crop(truth, region)
+    flat = np.ones_like(target)
+    alignment = _fit(target, flat, crop(mask, region), region, (0.0, 0.0), 0.0)
+    return alignment, _correct(flat, alignment)
+
+
+def _fit(
+    target: np.ndarray,
+    moved: np.ndarray,
+    lit: np.ndarray,
+    region: tuple[int, int, int, int],
+    shift: tuple[float, float],
+    registration_error: float,
+) -> Alignment:
+    offset, gy, gx = fit_phase(target, moved, lit)
+    scale = np.sum(np.abs(target[lit]) * np.abs(moved[lit])) / np.sum(
+        np.abs(moved[lit]) ** 2
+    )
+    return Alignment(
         region=region,
-        shift_px=(float(shift[0]), float(shift[1])),
-        registration_error=error,
+        shift_px=shift,
+        registration_error=registration_error,
         phase_offset_rad=offset,
         phase_ramp_rad_per_px=(gy, gx),
         amplitude_scale=float(scale),
     )
-    return alignment, _correct(moved, alignment)
 
 
 def apply_alignment(reconstruction: np.ndarray, alignment: Alignment) -> np.ndarray:
@@ -239,18 +292,20 @@ def amplitude_and_phase(
     return (np.abs(truth), np.abs(aligned)), (truth_phase, estimate_phase)
 
 
-def ssim(truth: np.ndarray, estimate: np.ndarray, data_range: float) -> float:
-    """SSIM with Wang et al.'s Gaussian window."""
-    return float(
-        structural_similarity(
-            truth,
-            estimate,
-            data_range=data_range,
-            gaussian_weights=True,
-            sigma=SSIM_SIGMA,
-            use_sample_covariance=False,
-        )
+def ssim(
+    truth: np.ndarray, estimate: np.ndarray, data_range: float, mask: np.ndarray
+) -> float:
+    """SSIM with Wang et al.'s Gaussian window, averaged over ``mask``."""
+    _, local = structural_similarity(
+        truth,
+        estimate,
+        data_range=data_range,
+        gaussian_weights=True,
+        sigma=SSIM_SIGMA,
+        use_sample_covariance=False,
+        full=True,
     )
+    return float(local[mask].mean())
 
 
 def pool2(image: np.ndarray) -> np.ndarray:
@@ -260,15 +315,16 @@ def pool2(image: np.ndarray) -> np.ndarray:
 
 
 def ssim_scales(
-    truth: np.ndarray, estimate: np.ndarray, data_range: float
+    truth: np.ndarray, estimate: np.ndarray, data_range: float, mask: np.ndarray
 ) -> list[float]:
-    """SSIM at up to five dyadic scales, finest first (as long as the window fits)."""
+    """Masked SSIM at up to five dyadic scales, finest first (while the window fits)."""
     values = []
     for _ in MS_SSIM_WEIGHTS:
-        if min(truth.shape) < SSIM_MIN_SIDE:
+        if min(truth.shape) < SSIM_MIN_SIDE or not mask.any():
             break
-        values.append(ssim(truth, estimate, data_range))
+        values.append(ssim(truth, estimate, data_range, mask))
         truth, estimate = pool2(truth), pool2(estimate)
+        mask = pool2(mask.astype(np.float64)) >= 0.5
     return values
 
 
@@ -279,71 +335,94 @@ def ms_ssim(scales: Sequence[float]) -> float:
     return float(np.prod(values ** (weights / weights.sum())))
 
 
-def frc(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Fourier ring correlation: ring frequencies (cycles/px) up to Nyquist, curve."""
-    window = np.outer(np.hanning(a.shape[0]), np.hanning(a.shape[1]))
-    fa = np.fft.fft2((a - a.mean()) * window)
-    fb = np.fft.fft2((b - b.mean()) * window)
-    ky = np.fft.fftfreq(a.shape[0])[:, None]
-    kx = np.fft.fftfreq(a.shape[1])[None, :]
-    step = 1.0 / min(a.shape)
+def _rings(shape: tuple[int, int]) -> tuple[np.ndarray, int, float]:
+    """Each FFT pixel's ring index, the number of rings up to Nyquist (+1), ring width."""
+    ky = np.fft.fftfreq(shape[0])[:, None]
+    kx = np.fft.fftfreq(shape[1])[None, :]
+    step = 1.0 / min(shape)
     rings = np.rint(np.hypot(ky, kx) / step).astype(int).ravel()
-    n = int(round(NYQUIST / step)) + 1
+    return rings, int(round(NYQUIST / step)) + 1, step
+
+
+def frc(
+    a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fourier ring correlation: ring frequencies (cycles/px) up to Nyquist, curve.
+
+    Both images are mean-subtracted over ``mask`` (default: everywhere) and weighted
+    by its :func:`window`.
+    """
+    if mask is None:
+        mask = np.ones(a.shape, dtype=bool)
+    weight = window(mask)
+    fa = np.fft.fft2((a - a[mask].mean()) * weight)
+    fb = np.fft.fft2((b - b[mask].mean()) * weight)
+    rings, n, step = _rings(a.shape)
 
     def ring_sum(values: np.ndarray) -> np.ndarray:
         return np.bincount(rings, weights=values.ravel(), minlength=n)[1:n]
 
     cross = ring_sum(np.real(fa * np.conj(fb)))
     norm = np.sqrt(ring_sum(np.abs(fa) ** 2) * ring_sum(np.abs(fb) ** 2))
-    return np.arange(1, n) * step, cross / norm
+    with np.errstate(invalid="ignore", divide="ignore"):
+        curve = np.where(norm > 0, cross / norm, 0.0)
+    return np.arange(1, n) * step, curve
 
 
-def frc_crossing(frequency: np.ndarray, curve: np.ndarray, threshold: float) -> float:
+def half_bit_threshold(shape: tuple[int, int]) -> np.ndarray:
+    """van Heel & Schatz's (2005) half-bit curve for the rings of :func:`frc`."""
+    rings, n, _ = _rings(shape)
+    pixels = np.maximum(np.bincount(rings, minlength=n)[1:n], 1)
+    root = np.sqrt(pixels)
+    return (0.2071 + 1.9102 / root) / (1.2071 + 0.9102 / root)
+
+
+def frc_crossing(
+    frequency: np.ndarray, curve: np.ndarray, threshold: float | np.ndarray
+) -> float:
     """Where the curve first falls below ``threshold``, as a fraction of Nyquist."""
+    threshold = np.broadcast_to(np.asarray(threshold, dtype=float), curve.shape)
     below = np.flatnonzero(curve < threshold)
     if below.size == 0:
         return 1.0
     i = int(below[0])
     if i == 0:
         return float(frequency[0] / NYQUIST)
-    f0, f1, c0, c1 = frequency[i - 1], frequency[i], curve[i - 1], curve[i]
-    return float((f0 + (c0 - threshold) / (c0 - c1) * (f1 - f0)) / NYQUIST)
+    gap0, gap1 = curve[i - 1] - threshold[i - 1], curve[i] - threshold[i]
+    f0, f1 = frequency[i - 1], frequency[i]
+    return float((f0 + gap0 / (gap0 - gap1) * (f1 - f0)) / NYQUIST)
 
 
 def image_metrics(
-    truth: np.ndarray, estimate: np.ndarray
+    truth: np.ndarray, estimate: np.ndarray, mask: np.ndarray
 ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """MAE, MSE, PSNR, SSIM, MS-SSIM and FRC crossings of a real image; FRC curve."""
-    data_range = float(np.ptp(truth))
+    """MAE, MSE, PSNR, SSIM, MS-SSIM and the FRC 0.5 crossing over ``mask``; FRC curve."""
+    data_range = float(np.ptp(truth[mask]))
+    error = truth[mask] - estimate[mask]
+    mse = float(np.mean(error**2))
     with np.errstate(divide="ignore"):  # identical images: PSNR is inf
-        psnr = peak_signal_noise_ratio(truth, estimate, data_range=data_range)
-    frequency, curve = frc(truth, estimate)
-    scales = ssim_scales(truth, estimate, data_range)
+        psnr = 10 * np.log10(data_range**2 / mse)
+    frequency, curve = frc(truth, estimate, mask)
+    scales = ssim_scales(truth, estimate, data_range, mask)
     scores = {
-        "mae": float(np.mean(np.abs(truth - estimate))),
-        "mse": float(mean_squared_error(truth, estimate)),
+        "mae": float(np.mean(np.abs(error))),
+        "mse": mse,
         "psnr": float(psnr),
         "ssim": scales[0],
         "ms_ssim": ms_ssim(scales),
+        "frc_0.5": frc_crossing(frequency, curve, TRUTH_FRC_THRESHOLD),
     }
-    for name, threshold in FRC_THRESHOLDS.items():
-        scores[name] = frc_crossing(frequency, curve, threshold)
     return scores, frequency, curve
 
 
-def compare(
-    reconstruction: np.ndarray,
-    truth: np.ndarray,
-    region: tuple[int, int, int, int],
-    upsample_factor: int,
+def measure_aligned(
+    truth: np.ndarray, aligned: np.ndarray, mask: np.ndarray
 ) -> dict[str, Any]:
-    """Align, then measure amplitude and phase: the ground-truth part of a job's metrics."""
-    alignment, aligned = align(reconstruction, truth, region, upsample_factor)
-    amplitude, phase = amplitude_and_phase(crop(truth, region), aligned)
-    amplitude_scores, _, amplitude_frc = image_metrics(*amplitude)
-    phase_scores, frequency, phase_frc = image_metrics(*phase)
+    """Amplitude and phase scores of an aligned crop against the truth's crop."""
+    amplitude, phase = amplitude_and_phase(truth, aligned)
+    amplitude_scores, _, amplitude_frc = image_metrics(*amplitude, mask)
+    phase_scores, frequency, phase_frc = image_metrics(*phase, mask)
     return {
-        "alignment": alignment.to_dict(),
         "amplitude": amplitude_scores,
         "phase": phase_scores,
         "frc_curves": {
@@ -351,6 +430,42 @@ def compare(
             "amplitude": amplitude_frc.tolist(),
             "phase": phase_frc.tolist(),
         },
+    }
+
+
+def compare(
+    reconstruction: np.ndarray,
+    truth: np.ndarray,
+    mask: np.ndarray,
+    upsample_factor: int,
+) -> dict[str, Any]:
+    """Align, then measure amplitude and phase on the mask, beside the null reference."""
+    alignment, aligned = align(reconstruction, truth, mask, upsample_factor)
+    target, lit = crop(truth, alignment.region), crop(mask, alignment.region)
+    scores = measure_aligned(target, aligned, lit)
+    _, flat = null_reference(truth, mask)
+    null = measure_aligned(target, flat, lit)
+    return {
+        "alignment": alignment.to_dict(),
+        **scores,
+        "null": {"amplitude": null["amplitude"], "phase": null["phase"]},
+    }
+
+
+def half_dataset_frc(
+    first: np.ndarray, second: np.ndarray, mask: np.ndarray, upsample_factor: int
+) -> dict[str, Any]:
+    """FRC between two half-data reconstructions: 1/7 and half-bit crossings, curve."""
+    alignment, aligned = align(second, first, mask, upsample_factor)
+    region = alignment.region
+    frequency, curve = frc(crop(first, region), aligned, crop(mask, region))
+    half_bit = half_bit_threshold(aligned.shape)
+    return {
+        "frc_1/7": frc_crossing(frequency, curve, HALF_FRC_THRESHOLD),
+        "frc_half_bit": frc_crossing(frequency, curve, half_bit),
+        "shift_px": list(alignment.shift_px),
+        "frequency_cycles_per_px": frequency.tolist(),
+        "curve": curve.tolist(),
     }
 
 

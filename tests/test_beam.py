@@ -1,0 +1,91 @@
+"""Illumination, probe diameter, overlap, photons and the shot-noise floor."""
+
+import numpy as np
+import pytest
+
+from fly64_recon import beam
+from fly64_recon.pipelines.simulate import physics
+
+
+def disc_probe(size: int, diameter: float) -> np.ndarray:
+    """A flat-topped disc of ``diameter`` pixels, centred as DATA-001 centres a probe."""
+    k = np.arange(size) - size // 2
+    inside = np.hypot(k[:, None], k[None, :]) <= diameter / 2
+    return inside.astype(np.complex64)
+
+
+def test_illumination_places_each_footprint_on_the_object_grid():
+    probe = np.ones((4, 4), np.complex64)
+
+    lit = beam.illumination(probe, np.array([4.0, 6.0]), np.array([4.0, 4.0]), (10, 12))
+
+    assert lit.sum() == 32  # two footprints of 16 pixels, each |1|^2
+    assert lit[2:6, 2:4].tolist() == [[1, 1]] * 4
+    assert lit[2:6, 4:6].tolist() == [[2, 2]] * 4  # where the footprints overlap
+    assert lit[:2].sum() == lit[6:].sum() == 0
+
+
+def test_footprints_at_the_edge_are_clipped():
+    lit = beam.illumination(np.ones((4, 4), np.complex64), [1.0], [1.0], (6, 6))
+    assert lit.sum() == 9
+
+
+def test_the_mask_keeps_what_is_lit_at_or_above_the_fraction():
+    lit = np.array([[0.0, 0.05, 0.1], [0.5, 1.0, 0.09]])
+
+    mask = beam.illumination_mask(lit, 0.1)
+
+    assert mask.tolist() == [[False, False, True], [True, True, False]]
+    assert not beam.illumination_mask(np.zeros((2, 2)), 0.1).any()
+    with pytest.raises(ValueError, match="fraction"):
+        beam.illumination_mask(lit, 1.5)
+
+
+@pytest.mark.parametrize("diameter", [10.0, 20.0, 31.0])
+def test_the_diameter_of_a_flat_disc_is_its_diameter(diameter):
+    assert beam.probe_diameter(disc_probe(64, diameter)) == pytest.approx(
+        diameter, abs=1.5
+    )
+
+
+def test_the_simulated_probe_is_as_wide_as_asked():
+    probe = physics.make_probe(64, aperture=0.25, central_stop=0.3, beam_diameter=0.6)
+    assert beam.probe_diameter(probe) == pytest.approx(0.6 * 64, rel=0.2)
+
+
+def test_disc_overlap_is_one_at_zero_distance_and_zero_from_one_diameter():
+    d = np.array([0.0, 5.0, 10.0, 20.0, 30.0])
+
+    f = beam.disc_overlap(d, 20.0)
+
+    assert f[0] == pytest.approx(1.0)
+    assert f[3] == f[4] == 0.0
+    assert 1 > f[1] > f[2] > 0
+    # One radius apart, the lens area over the disc is 2/3 - sqrt(3)/(2 pi).
+    assert f[2] == pytest.approx(2 / 3 - np.sqrt(3) / (2 * np.pi), abs=1e-9)
+
+
+def test_scan_overlap_of_a_square_grid():
+    ys, xs = np.meshgrid(np.arange(10) * 10.0, np.arange(10) * 10.0, indexing="ij")
+
+    dense = beam.scan_overlap(xs.ravel(), ys.ravel(), 40.0)
+    sparse = beam.scan_overlap(xs.ravel(), ys.ravel(), 12.0)
+    apart = beam.scan_overlap(xs.ravel(), ys.ravel(), 9.0)
+
+    assert dense > sparse > apart == 0.0
+    assert beam.scan_overlap(np.array([1.0]), np.array([1.0]), 40.0) == 0.0
+
+
+def test_photons_and_the_noise_floor():
+    probe = np.ones((4, 4), np.complex64)
+    lit = beam.illumination(probe, np.array([4.0, 6.0]), np.array([4.0, 4.0]), (10, 12))
+    mask = beam.illumination_mask(lit, 0.1)
+
+    photons = beam.photons_per_pixel(lit, probe, photons_per_pattern=1600.0)
+
+    assert photons.sum() == pytest.approx(3200.0)  # two patterns of 1600 photons
+    assert photons[4, 5] == 200.0  # overlap: two footprints of 100 per pixel
+    floor = beam.phase_noise_floor(photons, mask)
+    # 16 pixels saw one footprint (100 photons), 8 saw two (200).
+    assert floor == pytest.approx((16 * 0.05 + 8 * 0.5 / np.sqrt(200)) / 24)
+    assert beam.phase_noise_floor(photons, np.zeros_like(mask)) == float("inf")
