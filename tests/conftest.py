@@ -44,6 +44,7 @@ def tiny_simulate_params(
         "chunk_size": 64,
         "min_view_positions": 4,
         "write_ground_truth_patches": False,
+        "illumination_fraction": 0.1,
     }
 
 

@@ -46,6 +46,7 @@ def small_params(**scan) -> dict:
         "chunk_size": 64,
         "min_view_positions": 5,
         "write_ground_truth_patches": False,
+        "illumination_fraction": 0.1,
     }
 
 
@@ -267,6 +268,16 @@ def test_views_subset_phase_c_consistently(phase_c, phase_d):
         assert meta["source_file"] == f"patched_{split}.npz"
         assert meta["selection_strategy"] == "greedy"  # the scan is too dense for NN
         assert meta["dose"] == dose and meta["split"] == split
+
+
+def test_every_view_records_its_measured_overlap_and_photons(phase_c, phase_d):
+    for (dose, view, split), arrays in phase_d.items():
+        meta = read_metadata(arrays)
+        whole = read_metadata(phase_c[dose][split])
+        assert 0 <= meta["measured_overlap"] < whole["measured_overlap"] < 1
+        assert meta["probe_diameter_px"] == whole["probe_diameter_px"] > 0
+        assert meta["photons_per_px2"] < whole["photons_per_px2"]  # fewer patterns
+        assert meta["lit_area_px"] > 0 and meta["illumination_fraction"] == 0.1
 
 
 def test_nearest_neighbour_rule_keeps_well_spaced_points():

@@ -7,11 +7,11 @@ metadata, a job's manifest entry and its metrics agree.
 
 - Illumination: ``I(r) = sum_j |P(r - r_j)|^2`` on the object grid (each footprint
   placed at the nearest whole pixel); the mask is ``I >= fraction * max(I)``.
-- Probe diameter: the full width at half maximum of the azimuthally averaged
-  ``|P|^2`` around its centroid (the outermost radius at or above half the profile's
-  peak, doubled). A defocused zone-plate beam is an annulus-like disc whose radial
-  profile is flat-topped: this is its geometric diameter, where an equal-area
-  threshold would count only the brightest ring.
+- Probe diameter: the full width at half maximum of ``|P|^2`` projected onto each
+  axis (the mean of the two), the beam size a knife-edge scan measures at a beamline.
+  A defocused zone-plate beam has a hot centre or hot rings: the FWHM of the raw
+  image or of its radial profile measures those, not the beam (a flat-topped disc of
+  diameter D gives 0.87 D; a Gaussian its own FWHM).
 - Overlap: the disc-overlap fraction of two discs of diameter ``D = 2R`` at distance
   ``d``, ``f(d) = [2R^2 acos(d/2R) - (d/2) sqrt(4R^2 - d^2)] / (pi R^2)`` (0 for
   ``d >= D``), averaged over each position's 6 nearest neighbours: the study's
@@ -64,26 +64,35 @@ def illumination_mask(lit: np.ndarray, fraction: float) -> np.ndarray:
 
 
 def probe_diameter(probe: np.ndarray) -> float:
-    """Full width at half maximum of the probe's radial intensity profile, pixels."""
+    """The beam's full width at half maximum, as a knife-edge scan measures it, pixels.
+
+    The mean of the FWHMs of ``|probe|^2`` projected onto each axis.
+    """
     intensity = np.abs(probe.reshape(-1, *probe.shape[-2:])) ** 2
     intensity = intensity.sum(axis=0)
-    total = intensity.sum()
-    if total <= 0:
+    if not intensity.any():
         return 0.0
-    rows, cols = np.indices(intensity.shape)
-    cy = float((rows * intensity).sum() / total)
-    cx = float((cols * intensity).sum() / total)
-    radius = np.rint(np.hypot(rows - cy, cols - cx)).astype(int).ravel()
-    counts = np.bincount(radius)
-    profile = np.bincount(radius, weights=intensity.ravel()) / np.maximum(counts, 1)
-    above = np.flatnonzero(profile >= profile.max() / 2)
-    outer = int(above[-1])
-    if outer + 1 >= len(profile):
-        return float(2 * outer)
-    # Interpolate the half-maximum crossing between the last bin above and the next.
-    high, low = profile[outer], profile[outer + 1]
-    step = (high - profile.max() / 2) / (high - low) if high > low else 0.0
-    return float(2 * (outer + step))
+    return float(np.mean([fwhm(intensity.sum(axis=0)), fwhm(intensity.sum(axis=1))]))
+
+
+def fwhm(profile: np.ndarray) -> float:
+    """Full width at half maximum of a 1-D profile, between its outermost crossings."""
+    half = profile.max() / 2
+    above = np.flatnonzero(profile >= half)
+    first, last = int(above[0]), int(above[-1])
+    left = first - _fraction_below(profile, first, first - 1, half)
+    right = last + _fraction_below(profile, last, last + 1, half)
+    return float(right - left)
+
+
+def _fraction_below(
+    profile: np.ndarray, inside: int, outside: int, half: float
+) -> float:
+    """How far from ``inside`` towards ``outside`` the profile crosses ``half``."""
+    if not 0 <= outside < len(profile):
+        return 0.5
+    high, low = profile[inside], profile[outside]
+    return float((high - half) / (high - low)) if high > low else 0.5
 
 
 def disc_overlap(distance: np.ndarray, diameter: float) -> np.ndarray:
@@ -125,3 +134,34 @@ def phase_noise_floor(photons: np.ndarray, mask: np.ndarray) -> float:
     if counts.size == 0 or np.any(counts <= 0):
         return float("inf")
     return float(np.mean(0.5 / np.sqrt(counts)))
+
+
+def describe_scan(
+    probe: np.ndarray,
+    xcoords: np.ndarray,
+    ycoords: np.ndarray,
+    shape: tuple[int, int],
+    photons_per_pattern: float,
+    fraction: float,
+) -> dict[str, float]:
+    """A scan's probe diameter, overlap, lit area and photons per lit pixel."""
+    diameter = probe_diameter(probe)
+    lit = illumination(probe, xcoords, ycoords, shape)
+    mask = illumination_mask(lit, fraction)
+    photons = photons_per_pixel(lit, probe, photons_per_pattern)
+    return {
+        "probe_diameter_px": diameter,
+        "overlap": scan_overlap(xcoords, ycoords, diameter),
+        "lit_area_px": int(mask.sum()),
+        "photons_per_px2": float(photons[mask].mean()) if mask.any() else 0.0,
+    }
+
+
+def overlap_warning(overlap: float) -> str | None:
+    """Words for a scan whose neighbouring footprints do not overlap."""
+    if overlap > 0:
+        return None
+    return (
+        "measured overlap is 0: no position's footprint overlaps its 6 nearest "
+        "neighbours' (ptychography needs overlap; expect a poor reconstruction)"
+    )

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from fly64_recon import beam
 from fly64_recon.contract import read_metadata
 from fly64_recon.pipelines.simulate import physics
 from fly64_recon.study import Job, spacing_threshold
@@ -104,9 +105,45 @@ def simulate_dose(
             scan,
             indices[split],
             params["write_ground_truth_patches"],
-            {**metadata, "split": split, "n_positions": len(indices[split])},
+            {
+                **metadata,
+                "split": split,
+                "n_positions": len(indices[split]),
+                **scan_metadata(
+                    probe,
+                    scan[indices[split], 1],
+                    scan[indices[split], 0],
+                    obj.shape,
+                    dose,
+                    params["illumination_fraction"],
+                    f"baseline view of the {split} split at dose {dose:g}",
+                ),
+            },
         )
         for split in splits
+    }
+
+
+def scan_metadata(
+    probe: np.ndarray,
+    xcoords: np.ndarray,
+    ycoords: np.ndarray,
+    shape: tuple[int, int],
+    dose: float,
+    fraction: float,
+    what: str,
+) -> dict[str, float]:
+    """The measured overlap and photons per lit pixel of a view, for its metadata."""
+    measured = beam.describe_scan(probe, xcoords, ycoords, shape, dose, fraction)
+    warning = beam.overlap_warning(measured["overlap"])
+    if warning:
+        logger.warning("%s: %s", what, warning)
+    return {
+        "measured_overlap": measured["overlap"],
+        "probe_diameter_px": measured["probe_diameter_px"],
+        "photons_per_px2": measured["photons_per_px2"],
+        "lit_area_px": measured["lit_area_px"],
+        "illumination_fraction": fraction,
     }
 
 
@@ -145,6 +182,15 @@ def select_view(
         n_rejected=len(positions) - len(keep),
         acceptance_rate=len(keep) / len(positions),
         selection_strategy=strategy,
+        **scan_metadata(
+            phase_c["probeGuess"],
+            phase_c["xcoords"][keep],
+            phase_c["ycoords"][keep],
+            phase_c["objectGuess"].shape,
+            metadata["dose"],
+            params["illumination_fraction"],
+            f"{view} view of the {metadata['split']} split at dose {metadata['dose']:g}",
+        ),
     )
     arrays = {
         key: value[keep] if key in PER_POSITION_KEYS else value
