@@ -1,0 +1,53 @@
+"""The stopping rule: stop when the loss has stopped improving, or at the cap."""
+
+import pytest
+
+from fly64_recon.pipelines.ptychi_baseline.convergence import StoppingRule, StopReason
+
+
+def test_an_improving_loss_keeps_going():
+    rule = StoppingRule(window=3, tolerance=0.01)
+    assert rule.check([10.0, 9.0]) is None  # fewer epochs than the window
+    assert rule.check([10.0, 9.0, 8.0, 7.0]) is None  # 30% over 3 epochs
+
+
+def test_a_flat_loss_has_converged():
+    rule = StoppingRule(window=3, tolerance=0.01)
+
+    verdict = rule.check([10.0, 5.0, 4.0, 4.0, 3.99, 3.985])
+
+    assert verdict is not None and verdict.converged
+    assert verdict.stop_reason is StopReason.PLATEAU
+    assert verdict.epochs_run == 6
+    assert verdict.relative_improvement == pytest.approx((4.0 - 3.985) / 4.0)
+
+
+def test_a_rising_loss_stops_without_converging():
+    verdict = StoppingRule(window=2, tolerance=0.01).check([5.0, 4.0, 4.5, 4.8])
+
+    assert verdict.stop_reason is StopReason.RISING and not verdict.converged
+
+
+def test_the_cap_reached_while_improving_is_not_converged():
+    rule = StoppingRule(window=2, tolerance=0.01)
+
+    verdict = rule.final([10.0, 8.0, 6.0, 4.0])
+
+    assert verdict.stop_reason is StopReason.EPOCH_CAP and not verdict.converged
+    assert verdict.to_dict() == {
+        "epochs_run": 4,
+        "stop_reason": "epoch_cap",
+        "converged": False,
+        "relative_improvement": pytest.approx((8 - 4) / 8),
+    }
+    assert rule.final([4.0, 4.0, 4.0]).converged  # flat when the cap came
+
+
+@pytest.mark.parametrize(
+    ("window", "tolerance", "fragment"),
+    [(0, 0.01, ">= 1"), (2.5, 0.01, "whole number"), (3, -1.0, ">= 0")],
+)
+def test_bad_parameters_are_named(window, tolerance, fragment):
+    with pytest.raises(ValueError, match="ptychi_baseline.convergence") as error:
+        StoppingRule(window=window, tolerance=tolerance)
+    assert fragment in str(error.value)
