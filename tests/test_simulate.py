@@ -271,7 +271,7 @@ def test_views_subset_phase_c_consistently(phase_c, phase_d):
 
 
 def test_every_view_records_its_measured_overlap_and_photons(phase_c, phase_d):
-    for (dose, view, split), arrays in phase_d.items():
+    for (dose, _view, split), arrays in phase_d.items():
         meta = read_metadata(arrays)
         whole = read_metadata(phase_c[dose][split])
         assert 0 <= meta["measured_overlap"] < whole["measured_overlap"] < 1
