@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -115,7 +114,7 @@ def nodes_arm(project: Path, out: Path, namespace: str, epochs: int, env: str) -
         checked = nodes.validate_input(source, baseline, job)
         mark("validate")
         previous = catalog.load(f"{namespace}.previous_job_artifacts")
-        artifacts = nodes.reconstruct(checked, previous, baseline)
+        artifacts = nodes.reconstruct(checked, previous)
         mark("reconstruct")
         catalog.save(f"{namespace}.job_artifacts", artifacts)
         mark("save job folder")
@@ -144,7 +143,6 @@ def job_record(out: Path, namespace: str) -> dict[str, Any]:
 
 def worker(args: argparse.Namespace) -> None:
     """One sample of the kedro or nodes arm, in this (fresh) process."""
-    os.environ["KEDRO_ENV"] = args.env  # the study design that builds the pipelines
     import_everything()
     arm = kedro_arm if args.worker == "kedro" else nodes_arm
     cpu_started = time.process_time()

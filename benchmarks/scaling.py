@@ -67,7 +67,7 @@ def worker(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     job = Job.from_namespace(args.namespace)
     checked = nodes.validate_input(NPZSource(str(args.input)), params, job)
-    artifacts = nodes.reconstruct(checked, JobArtifacts({}), params)
+    artifacts = nodes.reconstruct(checked, JobArtifacts({}))
     job_s = time.perf_counter() - started
     record = artifacts.record
     if record["status"] != "succeeded":

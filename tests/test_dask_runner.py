@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
@@ -112,6 +113,14 @@ def test_the_dask_environment_changes_where_data_goes_not_the_study():
     assert configured(ENV) == configured("base")
 
 
+def test_the_runner_overrides_what_kedros_abstract_runner_leaves_abstract():
+    """``_run`` and ``_get_executor``: the one non-public part of Kedro it relies on."""
+    assert AbstractRunner.__abstractmethods__ == {"_run", "_get_executor"}
+    parameters = list(inspect.signature(AbstractRunner._run).parameters)
+    assert parameters == ["self", "pipeline", "catalog", "hook_manager", "run_id"]
+    assert not DaskRunner.__abstractmethods__
+
+
 def fake_client(*workers: dict) -> SimpleNamespace:
     info = {"workers": {f"tcp://w{i}": w for i, w in enumerate(workers)}}
     return SimpleNamespace(scheduler_info=lambda n_workers: info)
@@ -131,11 +140,7 @@ def test_tasks_take_a_gpu_slot_only_where_every_worker_has_one():
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A copy of the project whose ``dask`` environment holds a tiny study, simulated.
-
-    Pipelines are built from the design of ``KEDRO_ENV`` in the working directory's
-    project, so both point at the copy while the module runs.
-    """
+    """A copy of the project whose ``dask`` environment holds a tiny study, simulated."""
     root = make_tiny_project(
         tmp_path_factory.mktemp("dask_project"),
         DOSES,
@@ -145,7 +150,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     )
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
-        patch.setenv("KEDRO_ENV", ENV)
         patch.setenv("KEDRO_DISABLE_TELEMETRY", "1")
         kedro_run(
             root, SequentialRunner(), root / "unused", pipeline_names=["simulate"]

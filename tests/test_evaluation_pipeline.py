@@ -1,6 +1,7 @@
 """Evaluation nodes on small arrays, the metrics dataset, the summary writers, the wiring."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from fly64_recon.datasets import (
 )
 from fly64_recon.pipelines.evaluation import figures, metrics, nodes
 from fly64_recon.pipelines.evaluation.pipeline import create_pipeline
+from fly64_recon.record import JobRecord, JobStatus
 from fly64_recon.study import Job, StudyDesign
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -43,7 +45,12 @@ def _artifacts(reconstruction: np.ndarray, status: str = "succeeded") -> JobArti
         "pattern_index": np.arange(x.size),
         "loss": np.array([3.0, 1.0, 0.5]),
     }
-    return JobArtifacts({"status": status, "reason": None}, arrays)
+    return JobArtifacts(on_disk({"status": status, "reason": None}), arrays)
+
+
+def on_disk(record: dict) -> dict:
+    """A job.json of ``JOB`` with these fields (none: no job.json)."""
+    return {"namespace": JOB.namespace, **record} if record else {}
 
 
 def _source(tmp_path: Path, object_guess: np.ndarray, **metadata) -> NPZSource:
@@ -91,7 +98,7 @@ def test_a_good_reconstruction_is_measured_against_its_ground_truth(tmp_path):
 def test_a_job_without_a_reconstruction_is_not_evaluated(tmp_path, record, why):
     missing = NPZSource(str(tmp_path / "never_opened.npz"))
 
-    result = nodes.evaluate(JobArtifacts(record), missing, PARAMS, JOB)
+    result = nodes.evaluate(JobArtifacts(on_disk(record)), missing, PARAMS, JOB)
 
     assert result["evaluated"] is False
     assert why in result["reason"]
@@ -129,13 +136,25 @@ def test_the_manifest_section_is_the_headline_without_curves(tmp_path):
     truth = _object()
     result = nodes.evaluate(_artifacts(truth), _source(tmp_path, truth), PARAMS, JOB)
 
-    headline = nodes.manifest_section(result, {"status": "succeeded"})
+    headline = nodes.manifest_section(result)
 
     assert "frc_curves" not in headline and "alignment" not in headline
     assert "namespace" not in headline and headline["evaluated"] is True
     assert "loss" not in headline["data_fit"]
     assert headline["phase"] == result["phase"]
     assert headline["shift_px"] == result["alignment"]["shift_px"]
+
+
+def test_the_jobs_record_gets_the_headline_for_its_manifest_entry(tmp_path):
+    truth = _object()
+    result = nodes.evaluate(_artifacts(truth), _source(tmp_path, truth), PARAMS, JOB)
+    entry = {**JobRecord(JOB, JobStatus.SUCCEEDED).to_dict(), "output_dir": "/x"}
+
+    record = nodes.report_metrics(result, entry)
+
+    assert record == replace(
+        JobRecord.from_dict(entry), metrics=nodes.manifest_section(result)
+    )
 
 
 def test_the_metrics_dataset_round_trips_in_the_job_folder(tmp_path):
@@ -282,7 +301,8 @@ def test_the_catalog_puts_every_output_where_the_design_says(tmp_path):
         "dose_10000/dense/test/metrics.json"
     )
     assert isinstance(manifest, ManifestEntryDataset)
-    assert manifest._describe()["section"] == "metrics"
+    entry = catalog.get("dose_1e4.dense.test.manifest_entry")
+    assert manifest._describe() == entry._describe()  # the job's entry, rewritten
     for name, file in [
         ("metrics_table", "metrics.csv"),
         ("report", "study_summary.md"),

@@ -348,7 +348,6 @@ def run_in_process(
 ) -> None:
     """``kedro run --pipelines ptychi_baseline --namespaces ... --params ...`` here."""
     monkeypatch.chdir(project)
-    monkeypatch.setenv("KEDRO_ENV", ENV)  # the registry builds the jobs of this design
     bootstrap_project(project)
     roots = {
         "phase_c_root": str(study.phase_c),

@@ -2,11 +2,13 @@
 
 import json
 import multiprocessing
+from dataclasses import replace
 
 import pytest
 from kedro.io import DatasetError
 
 from fly64_recon.datasets import ManifestEntryDataset
+from fly64_recon.record import JobRecord
 from fly64_recon.study import StudyDesign
 
 STUDY = {"doses": [1000.0, 10000.0, 100000.0]}
@@ -22,7 +24,9 @@ REQUIRED = {
 
 
 def entry(namespace, status="succeeded", **fields):
-    return {"namespace": namespace, "status": status, "reason": None, **fields}
+    return JobRecord.from_dict(
+        {"namespace": namespace, "status": status, "reason": None, **fields}
+    )
 
 
 def dataset(path, namespace, **kwargs):
@@ -87,10 +91,13 @@ def test_skip_summary_lists_skipped_jobs_with_reasons(tmp_path):
     }
 
 
-def test_a_section_merges_into_the_jobs_entry(tmp_path):
+def test_a_record_with_metrics_puts_them_in_the_jobs_entry(tmp_path):
     path = tmp_path / "m.json"
-    dataset(path, "dose_1e3.dense.test").save(entry("dose_1e3.dense.test"))
-    dataset(path, "dose_1e3.dense.test", section="metrics").save({"phase_mae": 0.1})
+    record = entry("dose_1e3.dense.test")
+    dataset(path, "dose_1e3.dense.test").save(record)
+    dataset(path, "dose_1e3.dense.test").save(
+        replace(record, metrics={"phase_mae": 0.1})
+    )
 
     job = dataset(path, "dose_1e3.dense.test").load()
     assert job["status"] == "succeeded"

@@ -11,6 +11,7 @@ from conftest import simulate_phase_c, tiny_simulate_params
 from fly64_recon.datasets import JobArtifacts, JobFolderDataset, NPZSource, npz_bytes
 from fly64_recon.pipelines.ptychi_baseline import lsqml, nodes
 from fly64_recon.pipelines.ptychi_baseline.options import BaselineOptions
+from fly64_recon.record import JobStatus
 from fly64_recon.study import Job
 
 JOB = Job(1000.0, "dense", "test")
@@ -92,9 +93,10 @@ def test_unknown_parameters_are_refused():
 
 @pytest.mark.parametrize("status", ["failed", "skipped"])
 def test_jobs_that_cannot_run_pass_their_status_on(status, empty_folder):
-    checked = nodes.CheckedInput(JOB, "x.npz", status, "why")
+    options = BaselineOptions.from_params(PARAMS)
+    checked = nodes.CheckedInput(JOB, options, "x.npz", JobStatus(status), "why")
 
-    out = nodes.reconstruct(checked, empty_folder.load(), PARAMS)
+    out = nodes.reconstruct(checked, empty_folder.load())
 
     assert out.arrays is None
     assert (out.record["status"], out.record["reason"]) == (status, "why")
@@ -103,11 +105,13 @@ def test_jobs_that_cannot_run_pass_their_status_on(status, empty_folder):
 def test_a_fresh_job_reconstructs_then_a_rerun_is_cached(source, empty_folder):
     checked = nodes.validate_input(source, PARAMS, JOB)
 
-    first = nodes.reconstruct(checked, empty_folder.load(), PARAMS)
+    first = nodes.reconstruct(checked, empty_folder.load())
     empty_folder.save(first)
-    again = nodes.reconstruct(checked, empty_folder.load(), PARAMS)
+    again = nodes.reconstruct(checked, empty_folder.load())
     changed = {**PARAMS, "object_init": "ground_truth"}
-    recomputed = nodes.reconstruct(checked, empty_folder.load(), changed)
+    recomputed = nodes.reconstruct(
+        nodes.validate_input(source, changed, JOB), empty_folder.load()
+    )
 
     record = first.record
     assert record["status"] == "succeeded"
@@ -126,9 +130,9 @@ def test_a_fresh_job_reconstructs_then_a_rerun_is_cached(source, empty_folder):
 
 def test_dry_run_plans_without_reconstructing(source, empty_folder, monkeypatch):
     monkeypatch.setattr(lsqml, "run_lsqml", pytest.fail)
-    checked = nodes.validate_input(source, PARAMS, JOB)
+    checked = nodes.validate_input(source, {**PARAMS, "dry_run": True}, JOB)
 
-    out = nodes.reconstruct(checked, empty_folder.load(), {**PARAMS, "dry_run": True})
+    out = nodes.reconstruct(checked, empty_folder.load())
 
     assert out.record["status"] == "planned" and out.arrays is None
 
@@ -143,7 +147,7 @@ def test_divergence_fails_the_job_and_saves_no_result(
     monkeypatch.setattr(lsqml, "run_lsqml", diverge)
     checked = nodes.validate_input(source, PARAMS, JOB)
 
-    out = nodes.reconstruct(checked, empty_folder.load(), PARAMS)
+    out = nodes.reconstruct(checked, empty_folder.load())
 
     assert out.record["status"] == "failed"
     assert "diverged" in out.record["reason"] and "epoch 1" in out.record["reason"]
@@ -157,7 +161,7 @@ def test_out_of_memory_fails_with_advice(source, empty_folder, monkeypatch):
     monkeypatch.setattr(lsqml, "run_lsqml", oom)
     checked = nodes.validate_input(source, PARAMS, JOB)
 
-    out = nodes.reconstruct(checked, empty_folder.load(), PARAMS)
+    out = nodes.reconstruct(checked, empty_folder.load())
 
     assert out.record["status"] == "failed"
     assert "batch_size (now 16)" in out.record["reason"]

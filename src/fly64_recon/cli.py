@@ -9,7 +9,6 @@ and none warns.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import click
@@ -21,9 +20,6 @@ def _run(ctx: click.Context, namespace: tuple[str, ...], **kwargs: Any):
     if kwargs["pipeline"]:
         kwargs["pipelines"] = [*kwargs["pipelines"], kwargs["pipeline"]]
         kwargs["pipeline"] = None
-    if kwargs.get("env"):
-        # The pipelines are built per job from the environment's study design.
-        os.environ["KEDRO_ENV"] = kwargs["env"]
     return ctx.invoke(kedro_run.callback, **kwargs)
 
 

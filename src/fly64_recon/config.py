@@ -1,42 +1,51 @@
-"""Read the study design from the project's configuration.
+"""The study design, read from the configuration of the active Kedro context.
 
-Kedro builds pipelines before it reads parameters, but this project's pipelines are
-instantiated per dose, view and split, so the registry reads the design itself, with the
-same loader, environment (``--env`` / ``KEDRO_ENV``) and runtime-parameter rules.
+The pipelines are instantiated per dose, view and split, so the registry needs the
+``study`` parameters. Kedro calls ``register_pipelines()`` without arguments, and not
+always at the same moment (kedro-org/kedro#3093), but ``kedro run``, ``kedro viz``,
+``kedro ipython`` and ``kedro catalog`` all create their ``KedroContext`` before they
+first read the pipelines. So the project's context class (``settings.CONTEXT_CLASS``,
+Kedro's own setting for it) hands its config loader to this module when it is created,
+and the registry reads the design from it: with the same ``--env``, ``--conf-source``
+and runtime ``--params`` as the catalog and the run. A hook could not do this:
+``kedro viz`` runs without the project's hooks. A command that reads the pipelines with
+no context yet (``kedro registry list``) gets the one ``kedro run`` would create.
+
+Kedro reads the pipelines once per process (``bootstrap_project`` and ``%reload_kedro``
+start over), as it always has.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from typing import Any
 
-from kedro.config import OmegaConfigLoader
-from kedro.framework.project import settings
-from kedro.utils import find_kedro_project
+from kedro.config import AbstractConfigLoader
+from kedro.framework.context import KedroContext
 
 from fly64_recon.study import StudyDesign
 
-
-def project_conf_source(start: Path | None = None) -> Path:
-    """The ``conf`` folder of the Kedro project that contains ``start`` (default: cwd)."""
-    root = find_kedro_project(start or Path.cwd())
-    if root is None:
-        raise RuntimeError(
-            f"{start or Path.cwd()} is not inside a Kedro project (no pyproject.toml "
-            "with [tool.kedro])"
-        )
-    return root / "conf"
+_active: dict[str, AbstractConfigLoader] = {}
 
 
-def load_study_design(
-    conf_source: Path | None = None, env: str | None = None
-) -> StudyDesign:
-    """The ``study`` parameters of the active environment as a StudyDesign."""
-    loader = OmegaConfigLoader(
-        conf_source=str(conf_source or project_conf_source()),
-        env=env or os.environ.get("KEDRO_ENV"),
-        base_env="base",
-        default_run_env="local",
-        merge_strategy=settings.CONFIG_LOADER_ARGS.get("merge_strategy"),
-    )
+class StudyContext(KedroContext):
+    """Kedro's context; the pipelines are built from its configuration's study design."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _active["config_loader"] = self.config_loader
+
+
+def study_design() -> StudyDesign:
+    """The ``study`` parameters of the active context (runtime ``--params`` included)."""
+    loader = _active.get("config_loader")
+    if loader is None:  # a config loader is a mapping: empty until read, so falsy
+        loader = _session_config_loader()
     return StudyDesign.from_params(loader["parameters"]["study"])
+
+
+def _session_config_loader() -> AbstractConfigLoader:
+    """The config loader of the context a plain ``kedro run`` here would create."""
+    from kedro.framework.session import KedroSession  # noqa: PLC0415 - a rare fallback
+
+    with KedroSession.create(save_on_close=False) as session:
+        return session.load_context().config_loader

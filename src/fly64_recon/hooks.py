@@ -1,4 +1,8 @@
-"""Project hooks: study progress, and the run's verdict once every job has had its turn."""
+"""Project hooks: study progress, and the run's verdict once every job has had its turn.
+
+A job is a node tagged ``record.JOB_TAG``; a job's outcome is any ``JobRecord`` that a
+node returns. The hooks know no pipeline by its node or dataset names.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,9 @@ from kedro.framework.hooks import hook_impl
 from kedro.pipeline import Pipeline
 from kedro.pipeline.node import Node
 
-logger = logging.getLogger(__name__)
+from fly64_recon.record import JOB_TAG, JobRecord, JobStatus
 
-JOB_NODE = "reconstruct"
-RECORD_OUTPUT = "manifest_entry"
+logger = logging.getLogger(__name__)
 
 
 class JobsFailedError(RuntimeError):
@@ -23,27 +26,35 @@ class StudyRunHooks:
     """Log 'job k of n' and make the run fail at the end when any job failed."""
 
     def __init__(self) -> None:
+        self._jobs: set[str] = set()
         self._total = 0
         self._started = 0
         self._failed: dict[str, str] = {}
 
     @hook_impl
     def before_pipeline_run(self, pipeline: Pipeline) -> None:
-        self._total = sum(1 for node in pipeline.nodes if _is_job(node))
+        jobs = [node for node in pipeline.nodes if JOB_TAG in node.tags]
+        self._jobs = {node.namespace for node in jobs}
+        self._total = len(jobs)
         self._started = 0
         self._failed = {}
 
     @hook_impl
     def before_node_run(self, node: Node) -> None:
-        if _is_job(node):
+        if JOB_TAG in node.tags:
             self._started += 1
             logger.info("job %d of %d: %s", self._started, self._total, node.namespace)
 
     @hook_impl
-    def after_node_run(self, node: Node, outputs: dict[str, Any]) -> None:
-        for name, entry in outputs.items():
-            if name.endswith(RECORD_OUTPUT) and entry.get("status") == "failed":
-                self._failed[entry["namespace"]] = entry.get("reason") or "no reason"
+    def after_node_run(self, outputs: dict[str, Any]) -> None:
+        for record in outputs.values():
+            # Only the jobs this run ran: an evaluation alone rewrites failed records.
+            if (
+                isinstance(record, JobRecord)
+                and record.status is JobStatus.FAILED
+                and record.namespace in self._jobs
+            ):
+                self._failed[record.namespace] = record.reason or "no reason"
 
     @hook_impl
     def after_pipeline_run(self) -> None:
@@ -53,7 +64,3 @@ class StudyRunHooks:
                 f"{len(self._failed)} of {self._total} reconstruction job(s) failed "
                 f"(the others ran; see the manifest):\n{lines}"
             )
-
-
-def _is_job(node: Node) -> bool:
-    return node.name.rsplit(".", 1)[-1] == JOB_NODE

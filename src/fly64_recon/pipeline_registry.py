@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Pipeline
 
-from fly64_recon.config import load_study_design
+from fly64_recon.config import study_design
 from fly64_recon.pipelines.evaluation import pipeline as evaluation
 from fly64_recon.pipelines.ptychi_baseline import pipeline as ptychi_baseline
 from fly64_recon.pipelines.simulate import pipeline as simulate
@@ -11,10 +11,10 @@ from fly64_recon.pipelines.simulate import pipeline as simulate
 def register_pipelines() -> dict[str, Pipeline]:
     """Register the project's pipelines; the default runs them all.
 
-    Every pipeline is built from one reading of the study design in the active
-    environment's configuration; the pipelines themselves read no configuration.
+    Every pipeline is built from one reading of the study design in the active Kedro
+    context's configuration; the pipelines themselves read no configuration.
     """
-    design = load_study_design()
+    design = study_design()
     pipelines = {
         "simulate": simulate.create_pipeline(design=design),
         "ptychi_baseline": ptychi_baseline.create_pipeline(design=design),

@@ -29,10 +29,17 @@ Where things run:
   on the worker and reach the hooks empty). MemoryDatasets live in the driver, as in a
   sequential run, and travel to the worker inside the task of the node that loads them.
 - Dataset hooks do not run: their state would be spread over the workers.
+- A job records the worker it ran on (``record.running_on``).
 
 A worker that dies mid-task is replaced and its task runs again elsewhere, up to Dask's
 ``distributed.scheduler.allowed-failures`` times. A node that raises is retried
 ``retries`` times (default 0: an error stops the run, as in a sequential run).
+
+Only Kedro's public API is used: a node runs by ``Node.run`` between the catalog's
+``load`` and ``save``, and the session's hook manager is called as pluggy's. The one
+exception is the way Kedro's runners are written: ``AbstractRunner.run`` calls the
+abstract ``_run`` (and ``_get_executor``), which a runner must override, as Kedro's
+own Dask recipe does (tests/test_dask_runner.py checks they are still those two).
 """
 
 from __future__ import annotations
@@ -43,7 +50,8 @@ import queue
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -51,15 +59,16 @@ from typing import Any
 import dask
 from distributed import Client, Future, Nanny, Scheduler, SpecCluster, get_worker, wait
 from distributed.system import MEMORY_LIMIT
-from kedro.framework.hooks import hook_impl
-from kedro.framework.hooks.manager import _create_hook_manager
 from kedro.framework.project import LOGGING, configure_logging
 from kedro.io import CatalogProtocol, DataCatalog, MemoryDataset
 from kedro.pipeline import Pipeline
 from kedro.pipeline.node import Node
 from kedro.runner import AbstractRunner
-from kedro.runner.task import Task
 from pluggy import PluginManager
+
+from fly64_recon.record import running_on
+
+logger = logging.getLogger(__name__)
 
 START_TOPIC = "fly64_recon.node-started"
 DEFAULT_CPU_WORKERS = 2
@@ -75,37 +84,35 @@ class NodeResult:
     worker: str
 
 
-class _WorkerProbe:
-    """Worker-side hooks: tell the driver a node started, keep the node's outputs."""
-
-    def __init__(self) -> None:
-        self.outputs: dict[str, Any] = {}
-
-    @hook_impl
-    def before_node_run(self, node: Node) -> None:
-        worker = get_worker()
-        # The scheduler stamps the worker's address as "worker"; the name is ours.
-        worker.log_event(START_TOPIC, {"node": node.name, "name": str(worker.name)})
-
-    @hook_impl
-    def after_node_run(self, outputs: dict[str, Any]) -> None:
-        self.outputs = outputs
-
-
 def run_node_task(
-    node: Node,
-    catalog: CatalogProtocol,
-    is_async: bool,
-    run_id: str | None,
-    logging_config: dict[str, Any],
+    node: Node, catalog: CatalogProtocol, is_async: bool, logging_config: dict[str, Any]
 ) -> NodeResult:
-    """Run one node in a Dask worker, logging as the driver does; hooks run there."""
+    """Run one node in a Dask worker, logging as the driver does; jobs record the worker."""
     configure_logging(logging_config)
-    probe = _WorkerProbe()
-    hooks = _create_hook_manager()
-    hooks.register(probe)
-    Task(node, catalog, is_async, hooks, run_id).execute()
-    return NodeResult(probe.outputs, str(get_worker().name))
+    worker = get_worker()
+    name = str(worker.name)
+    # The scheduler stamps the worker's address as "worker"; the name is ours.
+    worker.log_event(START_TOPIC, {"node": node.name, "name": name})
+    with running_on(name):
+        outputs = run_node(node, catalog, is_async)
+    return NodeResult(outputs, name)
+
+
+def run_node(
+    node: Node, catalog: CatalogProtocol, is_async: bool = False
+) -> dict[str, Any]:
+    """Kedro's run of one node, without hooks: load its inputs, run it, save its outputs.
+
+    With ``is_async`` the inputs load and the outputs save in threads, as in Kedro.
+    """
+    with ThreadPoolExecutor() if is_async else nullcontext() as pool:
+        each = pool.map if pool else map
+        loaded = each(catalog.load, node.inputs)
+        outputs = node.run(dict(zip(node.inputs, loaded, strict=True)))
+        list(each(catalog.save, outputs, outputs.values()))
+    for name in node.confirms:
+        catalog.confirm(name)
+    return outputs
 
 
 class DaskRunner(AbstractRunner):
@@ -135,7 +142,9 @@ class DaskRunner(AbstractRunner):
         self._n_workers = n_workers
         self._workers_per_gpu = workers_per_gpu
         self._retries = retries
+        self._async_io = is_async
 
+    # AbstractRunner's abstract methods: the way a Kedro runner is written (see above).
     def _get_executor(self, max_workers: int) -> None:
         return None
 
@@ -162,7 +171,7 @@ class DaskRunner(AbstractRunner):
 
     def _ready(self, client: Client) -> Client:
         client.wait_for_workers(1, timeout=WORKER_WAIT_S)
-        self._logger.info(
+        logger.info(
             "Dask scheduler %s with %d worker(s); dashboard %s",
             client.scheduler.address,
             len(client.scheduler_info(n_workers=-1)["workers"]),
@@ -206,7 +215,7 @@ class _DriverLoop:
         self.starts: queue.SimpleQueue[dict[str, str]] = queue.SimpleQueue()
         handoffs = memory_handoffs(pipeline, catalog)
         if handoffs:
-            runner._logger.info(
+            logger.info(
                 "These MemoryDatasets pass from node to node through the driver: %s",
                 ", ".join(handoffs),
             )
@@ -228,14 +237,14 @@ class _DriverLoop:
         dependencies = self.pipeline.node_dependencies
         ready = {node for node in self.todo if dependencies[node] <= self.done}
         if not ready and not self.running:
-            self.runner._raise_runtime_error(self.todo, self.done, ready, None)
+            names = sorted(node.name for node in self.todo)
+            raise RuntimeError(f"no node can start, though these have not run: {names}")
         for node in ready:
             future = self.client.submit(
                 run_node_task,
                 node,
                 task_catalog(node, self.catalog),
-                self.runner._is_async,
-                self.run_id,
+                self.runner._async_io,
                 dict(LOGGING),
                 key=f"{node.name}-{uuid.uuid4().hex[:8]}",
                 resources=self.resources,
@@ -254,7 +263,7 @@ class _DriverLoop:
             if node in self.done:
                 continue
             again = "again " if node.name in self.announced else ""
-            self.runner._logger.info(
+            logger.info(
                 "Started %snode %s on worker %s", again, node.name, event["name"]
             )
             self._announce(node)
@@ -267,11 +276,11 @@ class _DriverLoop:
             node=node,
             catalog=self.catalog,
             inputs={},
-            is_async=self.runner._is_async,
+            is_async=self.runner._async_io,
             run_id=self.run_id,
         )
         if any(responses or []):
-            self.runner._logger.warning(
+            logger.warning(
                 "before_node_run hooks returned inputs for %s: the DaskRunner loads "
                 "inputs on the worker and cannot replace them",
                 node.name,
@@ -291,21 +300,18 @@ class _DriverLoop:
             catalog=self.catalog,
             inputs={},
             outputs=result.outputs,
-            is_async=self.runner._is_async,
+            is_async=self.runner._async_io,
             run_id=self.run_id,
         )
         for name, data in result.outputs.items():
             if isinstance(self.catalog.get(name), MemoryDataset):
                 self.catalog.save(name, data)
         self.done.add(node)
-        logger = self.runner._logger
         logger.info("Completed node: %s (on worker %s)", node.name, result.worker)
         logger.info(
             "Completed %d out of %d tasks", len(self.done), len(self.pipeline.nodes)
         )
-        self.runner._release_datasets(
-            node, self.catalog, self.load_counts, self.pipeline
-        )
+        release_datasets(node, self.catalog, self.load_counts, self.pipeline)
 
     def _fail(self, node: Node, error: BaseException) -> None:
         self.client.cancel(list(self.running))
@@ -314,10 +320,28 @@ class _DriverLoop:
             node=node,
             catalog=self.catalog,
             inputs={},
-            is_async=self.runner._is_async,
+            is_async=self.runner._async_io,
             run_id=self.run_id,
         )
-        self.runner._suggest_resume_scenario(self.pipeline, self.done, self.catalog)
+        logger.warning(
+            "%d of %d nodes have not run; run the same command again (the "
+            "reconstructions already made are cached)",
+            len(self.pipeline.nodes) - len(self.done),
+            len(self.pipeline.nodes),
+        )
+
+
+def release_datasets(
+    node: Node, catalog: CatalogProtocol, load_counts: Counter, pipeline: Pipeline
+) -> None:
+    """Release what no node still to run will load, as Kedro's runners do."""
+    for name in node.inputs:
+        load_counts[name] -= 1
+        if load_counts[name] < 1 and name not in pipeline.inputs():
+            catalog.release(name)
+    for name in node.outputs:
+        if load_counts[name] < 1 and name not in pipeline.outputs():
+            catalog.release(name)
 
 
 def memory_handoffs(pipeline: Pipeline, catalog: CatalogProtocol) -> list[str]:
@@ -385,7 +409,7 @@ def worker_specs(
         }
     count = n_workers or DEFAULT_CPU_WORKERS
     if per_gpu > 1:
-        logging.getLogger(__name__).warning(
+        logger.warning(
             "No GPU is visible, so workers_per_gpu=%d does nothing: %d CPU workers "
             "(n_workers sets how many)",
             per_gpu,

@@ -2,9 +2,13 @@
 
 from kedro.config import OmegaConfigLoader
 
+from fly64_recon.config import StudyContext
 from fly64_recon.hooks import StudyRunHooks
 
 HOOKS = (StudyRunHooks(),)
+
+# The pipeline registry reads the study design from this context's configuration.
+CONTEXT_CLASS = StudyContext
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -1,9 +1,10 @@
-"""The study manifest: one entry per job of the design, merged in place.
+"""The study manifest: one entry per job of the design, each the job's record.
 
-Each job saves its own entry (catalog name ``<namespace>.manifest_entry``). A save takes
-a file lock, reads the manifest, replaces that job's entry, fills jobs never run as
-``not_run``, recounts, and writes atomically; so a namespaced run keeps the other jobs'
-entries and two runs on different namespaces at once both land.
+A job's record is saved as its entry (``<namespace>.manifest_entry`` after the job,
+``<namespace>.manifest_metrics`` again with its metrics after its evaluation). A save
+takes a file lock, reads the manifest, replaces that job's entry, fills jobs never run
+as ``not_run``, recounts, and writes atomically; so a namespaced run keeps the other
+jobs' entries and two runs on different namespaces at once both land.
 """
 
 from __future__ import annotations
@@ -19,16 +20,19 @@ from filelock import FileLock
 from kedro.io import AbstractDataset, DatasetError
 
 from fly64_recon.datasets.atomic import write_text_atomic
+from fly64_recon.record import OUTCOMES, JobRecord, JobStatus, job_fields
 from fly64_recon.study import Job, StudyDesign
 
 logger = logging.getLogger(__name__)
 
-STATUSES = ("succeeded", "failed", "skipped", "cached", "planned", "not_run")
 SKIP_SUMMARY_FILE = "skip_summary.json"
 
 
-class ManifestEntryDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
-    """One job's entry in ``reconstruction_manifest.json`` (local filesystem)."""
+class ManifestEntryDataset(AbstractDataset[JobRecord, dict[str, Any]]):
+    """One job's entry in ``reconstruction_manifest.json`` (local filesystem).
+
+    Saves a job's record; loads the entry as written (the record and ``output_dir``).
+    """
 
     def __init__(
         self,
@@ -36,30 +40,23 @@ class ManifestEntryDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
         filepath: str,
         namespace: str,
         study: dict[str, Any],
-        section: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         self._path = Path(filepath)
         self._namespace = namespace
         self._design = StudyDesign.from_params(study)
-        self._section = section
         self.metadata = metadata
 
     def load(self) -> dict[str, Any]:
         entry = _jobs_by_namespace(read_manifest(self._path)).get(self._namespace)
         if entry is None:
             raise DatasetError(f"{self._path}: no entry for job {self._namespace}")
-        return entry[self._section] if self._section else entry
+        return entry
 
-    def save(self, data: dict[str, Any]) -> None:
+    def save(self, data: JobRecord) -> None:
         with FileLock(f"{self._path}.lock"):
             jobs = _jobs_by_namespace(read_manifest(self._path))
-            if self._section:
-                entry = jobs.get(self._namespace) or self._blank(self._namespace)
-                entry = {**entry, self._section: data}
-            else:
-                entry = {**self._blank(self._namespace), **data}
-            jobs[self._namespace] = entry
+            jobs[self._namespace] = {**self._blank(self._namespace), **data.to_dict()}
             manifest = build_manifest(self._design, jobs, self._path.parent)
             text = json.dumps(manifest, indent=2, sort_keys=False)
             write_text_atomic(str(self._path), text)
@@ -73,11 +70,7 @@ class ManifestEntryDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
         return self._namespace in _jobs_by_namespace(read_manifest(self._path))
 
     def _describe(self) -> dict[str, Any]:
-        return {
-            "filepath": str(self._path),
-            "namespace": self._namespace,
-            "section": self._section,
-        }
+        return {"filepath": str(self._path), "namespace": self._namespace}
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -104,12 +97,9 @@ def _jobs_by_namespace(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def blank_entry(job: Job, artifact_root: Path) -> dict[str, Any]:
     """The entry of a job of the design that has not run."""
     return {
-        "namespace": job.namespace,
-        "dose": job.dose,
-        "view": job.view,
-        "split": job.split,
+        **job_fields(job),
         "output_dir": str(artifact_root / job.output_relpath),
-        "status": "not_run",
+        "status": JobStatus.NOT_RUN.value,
         "reason": None,
     }
 
@@ -129,7 +119,7 @@ def build_manifest(
     counts = Counter(entry["status"] for entry in ordered)
     return {
         "total_jobs": len(ordered),
-        "counts": {status: counts.get(status, 0) for status in STATUSES},
+        "counts": {status.value: counts[status] for status in OUTCOMES},
         "versions": _versions(),
         "jobs": ordered,
     }
@@ -140,7 +130,7 @@ def skip_summary(manifest: dict[str, Any]) -> dict[str, Any]:
     skipped = [
         {"namespace": job["namespace"], "reason": job.get("reason")}
         for job in manifest["jobs"]
-        if job["status"] == "skipped"
+        if job["status"] == JobStatus.SKIPPED
     ]
     return {"skipped_count": len(skipped), "skipped_jobs": skipped}
 

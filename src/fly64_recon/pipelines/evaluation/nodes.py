@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -17,11 +18,11 @@ from fly64_recon.contract import read_metadata
 from fly64_recon.datasets.job_folder import JobArtifacts
 from fly64_recon.datasets.npz import NPZSource
 from fly64_recon.pipelines.evaluation import metrics as m
+from fly64_recon.record import JobRecord, job_fields
 from fly64_recon.study import Job, dose_label
 
 logger = logging.getLogger(__name__)
 
-EVALUATED_STATUSES = ("succeeded", "cached")
 GROUND_TRUTH_MEMBERS = ("objectGuess", "_metadata")
 TABLE_COLUMNS = ["dose", "view", "split", "metric", "amplitude", "phase"]
 # In metrics.json but not in the manifest entry, which has the job's own fields already.
@@ -40,9 +41,11 @@ def evaluate(
     artifacts: JobArtifacts, source: NPZSource, params: Mapping[str, Any], job: Job
 ) -> dict[str, Any]:
     """The job's metrics: against the ground truth when its input has one."""
-    head = {**job_fields(job), "status": artifacts.record.get("status")}
-    if head["status"] not in EVALUATED_STATUSES or artifacts.arrays is None:
-        return {**head, "evaluated": False, "reason": _why_not(artifacts.record)}
+    record = JobRecord.from_dict(artifacts.record) if artifacts.record else None
+    head = {**job_fields(job), "status": record.status if record else None}
+    made = record is not None and record.status.has_reconstruction
+    if not made or artifacts.arrays is None:
+        return {**head, "evaluated": False, "reason": _why_not(record)}
     try:
         truth = source.load_members(GROUND_TRUTH_MEMBERS)
         return {**head, "evaluated": True, **measure(artifacts.arrays, truth, params)}
@@ -52,24 +55,13 @@ def evaluate(
         return {**head, "evaluated": False, "reason": reason}
 
 
-def _why_not(record: Mapping[str, Any]) -> str:
+def _why_not(record: JobRecord | None) -> str:
     """Why a job's folder holds nothing to evaluate."""
-    status = record.get("status")
-    if status is None:
+    if record is None:
         return "no job record on disk: the job has not run"
-    if status in EVALUATED_STATUSES:
-        return f"job {status}, but its reconstruction file is missing"
-    return f"job {status}: {record.get('reason')}"
-
-
-def job_fields(job: Job) -> dict[str, Any]:
-    """The job's name and coordinates in the study."""
-    return {
-        "namespace": job.namespace,
-        "dose": job.dose,
-        "view": job.view,
-        "split": job.split,
-    }
+    if record.status.has_reconstruction:
+        return f"job {record.status}, but its reconstruction file is missing"
+    return f"job {record.status}: {record.reason}"
 
 
 def measure(
@@ -109,13 +101,8 @@ def has_ground_truth(members: Mapping[str, np.ndarray], tolerance: float) -> boo
     return not flagged and not m.is_flat(members["objectGuess"], tolerance)
 
 
-def manifest_section(metrics: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
-    """The headline of a job's metrics (no curves, no alignment) for its manifest entry.
-
-    ``entry`` is the job's manifest entry: taking it as an input orders this section's
-    save after ``record``'s, which replaces the whole entry.
-    """
-    del entry
+def manifest_section(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The headline of a job's metrics (no curves, no alignment) for its manifest entry."""
     headline = {k: v for k, v in metrics.items() if k not in NOT_HEADLINE}
     if "data_fit" in headline:
         headline["data_fit"] = {
@@ -124,6 +111,11 @@ def manifest_section(metrics: dict[str, Any], entry: dict[str, Any]) -> dict[str
     if "alignment" in metrics:
         headline["shift_px"] = metrics["alignment"]["shift_px"]
     return headline
+
+
+def report_metrics(metrics: dict[str, Any], entry: dict[str, Any]) -> JobRecord:
+    """The job's record, from its manifest entry, with the headline of its metrics."""
+    return replace(JobRecord.from_dict(entry), metrics=manifest_section(metrics))
 
 
 def collect_metrics(*metrics: dict[str, Any], jobs: Sequence[Job]) -> list[dict]:

@@ -12,8 +12,8 @@ from fly64_recon.pipelines.evaluation.nodes import (
     aligned_phases,
     collect_metrics,
     evaluate,
-    manifest_section,
     metrics_table,
+    report_metrics,
     summary_report,
 )
 from fly64_recon.study import Job, StudyDesign
@@ -37,8 +37,8 @@ def job_pipeline(job: Job) -> Pipeline:
                 name="evaluate",
             ),
             Node(
-                manifest_section,
-                ["metrics", "manifest_entry"],  # after record rewrites the entry
+                report_metrics,
+                ["metrics", "manifest_entry"],
                 "manifest_metrics",
                 name="report_metrics",
             ),

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator, NullLocator
 
-SHOWN = ("succeeded", "cached")
+from fly64_recon.record import JobRecord
 
 
-def job_figure(record: dict[str, Any], arrays: dict[str, np.ndarray] | None) -> Figure:
+def job_figure(record: JobRecord, arrays: dict[str, np.ndarray] | None) -> Figure:
     """The reconstruction at a glance, or a card saying why there is none."""
-    title = f"{record.get('namespace')} — LSQML, status {record.get('status')}"
-    if record.get("status") not in SHOWN or arrays is None:
+    title = f"{record.namespace} — LSQML, status {record.status}"
+    if not record.status.has_reconstruction or arrays is None:
         figure = Figure(figsize=(6, 2))
         figure.text(0.02, 0.6, title, fontsize=11)
-        figure.text(0.02, 0.3, str(record.get("reason")), fontsize=8, wrap=True)
+        figure.text(0.02, 0.3, str(record.reason), fontsize=8, wrap=True)
         return figure
     obj = arrays["reconstructed_object"]
     modes = arrays["reconstructed_probe"]

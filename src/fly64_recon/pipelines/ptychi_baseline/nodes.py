@@ -1,8 +1,8 @@
 """Nodes of one reconstruction job: validate -> reconstruct -> record.
 
-A job never raises for a problem of its own data: it returns a record that says
-``failed`` or ``skipped`` and why, so the other jobs of the study still run. The run as
-a whole fails at the end (see ``hooks.py``).
+A job never raises for a problem of its own data: its record (a ``JobRecord``, born in
+``reconstruct``) says ``failed`` or ``skipped`` and why, so the other jobs of the study
+still run. The run as a whole fails at the end (see ``hooks.py``).
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ from __future__ import annotations
 import io
 import logging
 import math
-import sys
 import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -27,6 +26,7 @@ from fly64_recon.datasets.npz import NPZFormatError, NPZSource
 from fly64_recon.pipelines.ptychi_baseline import lsqml
 from fly64_recon.pipelines.ptychi_baseline.figures import job_figure
 from fly64_recon.pipelines.ptychi_baseline.options import BaselineOptions
+from fly64_recon.record import JobRecord, JobStatus, current_worker
 from fly64_recon.study import Job
 
 logger = logging.getLogger(__name__)
@@ -44,11 +44,12 @@ class DivergedError(RuntimeError):
 
 @dataclass
 class CheckedInput:
-    """A job's input after validation: arrays when ``ready``, else why not."""
+    """A job's input after validation, with the job's options: arrays when ``ready``."""
 
     job: Job
+    options: BaselineOptions
     path: str
-    status: str
+    status: JobStatus
     reason: str | None = None
     sha256: str | None = None
     arrays: dict[str, np.ndarray] | None = None
@@ -58,101 +59,99 @@ class CheckedInput:
 def validate_input(
     source: NPZSource, params: Mapping[str, Any], job: Job
 ) -> CheckedInput:
-    """Open the job's NPZ once (hash and arrays) and check it against DATA-001."""
+    """Parse the job's options; open its NPZ once (hash and arrays), check DATA-001."""
     options = BaselineOptions.from_params(params)
     if not source.exists():
         reason = f"input file not found: {source.path}"
         if options.strict:
             raise MissingInputError(f"{job.namespace}: {reason} (strict: true)")
         logger.warning("%s skipped: %s", job.namespace, reason)
-        return CheckedInput(job, source.path, "skipped", reason)
+        return CheckedInput(job, options, source.path, JobStatus.SKIPPED, reason)
     try:
         arrays, sha256 = source.load()
         warnings = validate(arrays, source.path)
     except (NPZFormatError, ContractError, OSError) as error:
         logger.error("%s failed validation: %s", job.namespace, error)
-        return CheckedInput(job, source.path, "failed", str(error))
-    return CheckedInput(job, source.path, "ready", None, sha256, arrays, warnings)
+        return CheckedInput(job, options, source.path, JobStatus.FAILED, str(error))
+    return CheckedInput(
+        job, options, source.path, JobStatus.READY, None, sha256, arrays, warnings
+    )
 
 
-def reconstruct(
-    checked: CheckedInput, previous: JobArtifacts, params: Mapping[str, Any]
-) -> JobArtifacts:
+def reconstruct(checked: CheckedInput, previous: JobArtifacts) -> JobArtifacts:
     """Run LSQML on a ready input, unless its outputs already match input and options."""
-    options = BaselineOptions.from_params(params)
-    record = _base_record(checked, options)
-    if checked.status != "ready":
-        return JobArtifacts({**record, "status": checked.status})
-    if _is_cached(previous, record):
+    if checked.status is not JobStatus.READY:
+        return JobArtifacts(_record(checked, checked.status).to_dict())
+    record = _record(checked, JobStatus.PLANNED)
+    done = _earlier_success(previous)
+    if done is not None and _same_input_and_options(done, record):
         reason = "outputs exist for this input (sha256) and these options"
-        cached = {"input_npz": checked.path, "status": "cached", "reason": reason}
-        return JobArtifacts({**previous.provenance, **cached})
-    if options.dry_run:
-        return JobArtifacts({**record, "status": "planned"})
+        cached = replace(
+            done, input_npz=checked.path, status=JobStatus.CACHED, reason=reason
+        )
+        return JobArtifacts(cached.to_dict())
+    if checked.options.dry_run:
+        return JobArtifacts(record.to_dict())
     with _captured_log() as log:
-        record = _run_job(checked, options, record)
-    if record["status"] != "succeeded":
-        return JobArtifacts(record, log=log.getvalue())
-    arrays = record.pop("arrays")
-    return JobArtifacts(record, arrays=arrays, log=log.getvalue(), provenance=record)
+        record, arrays = _run_job(checked, record)
+    if arrays is None:
+        return JobArtifacts(record.to_dict(), log=log.getvalue())
+    written = record.to_dict()
+    return JobArtifacts(written, arrays=arrays, log=log.getvalue(), provenance=written)
 
 
-def _base_record(checked: CheckedInput, options: BaselineOptions) -> dict[str, Any]:
-    job = checked.job
-    return {
-        "namespace": job.namespace,
-        "dose": job.dose,
-        "view": job.view,
-        "split": job.split,
-        "input_npz": checked.path,
-        "input_sha256": checked.sha256,
-        "algorithm": ALGORITHM,
-        "num_epochs": options.num_epochs,
-        "batch_size": options.batch_size,
-        "object_init": options.object_init,
-        "max_patterns": options.max_patterns,
-        "subsample_seed": options.subsample_seed,
-        "options_fingerprint": options.fingerprint(),
-        "n_patterns": None,
-        "n_patterns_total": None,
-        "device": None,
-        "worker": worker_name(),
-        "status": None,
-        "reason": checked.reason,
-        "warnings": checked.warnings,
-        "wall_time_s": None,
-        "peak_gpu_memory_mb": None,
-        "final_loss": None,
-        "started_at": None,
-        "finished_at": None,
-    }
+def _record(checked: CheckedInput, status: JobStatus) -> JobRecord:
+    """The record of a job that has not reconstructed (yet): input and options."""
+    options = checked.options
+    return JobRecord(
+        checked.job,
+        status,
+        checked.reason,
+        input_npz=checked.path,
+        input_sha256=checked.sha256,
+        algorithm=ALGORITHM,
+        object_init=options.object_init,
+        max_patterns=options.max_patterns,
+        subsample_seed=options.subsample_seed,
+        options_fingerprint=options.fingerprint(),
+        worker=current_worker(),
+        warnings=checked.warnings,
+    )
 
 
-def _is_cached(previous: JobArtifacts, record: dict[str, Any]) -> bool:
-    done = previous.provenance
+def _earlier_success(previous: JobArtifacts) -> JobRecord | None:
+    """The record of the reconstruction in the job's folder, if one is there."""
+    if previous.arrays is None or not previous.provenance:
+        return None
+    done = JobRecord.from_dict(previous.provenance)
+    return done if done.status is JobStatus.SUCCEEDED else None
+
+
+def _same_input_and_options(done: JobRecord, record: JobRecord) -> bool:
     return (
-        previous.arrays is not None
-        and done.get("status") == "succeeded"
-        and done.get("input_sha256") == record["input_sha256"]
-        and done.get("options_fingerprint") == record["options_fingerprint"]
+        done.input_sha256 == record.input_sha256
+        and done.options_fingerprint == record.options_fingerprint
     )
 
 
 def _run_job(
-    checked: CheckedInput, options: BaselineOptions, record: dict[str, Any]
-) -> dict[str, Any]:
-    arrays = checked.arrays
-    indices = subsample(len(arrays["diffraction"]), options)
-    rows = _rows(indices, len(arrays["diffraction"]))
-    record = {
-        **record,
-        "n_patterns": len(indices),
-        "n_patterns_total": len(arrays["diffraction"]),
-        "started_at": _now(),
-    }
+    checked: CheckedInput, record: JobRecord
+) -> tuple[JobRecord, dict[str, np.ndarray] | None]:
+    """Reconstruct; the record says how it ended, the arrays are there on success."""
+    arrays, options = checked.arrays, checked.options
+    total = len(arrays["diffraction"])
+    indices = subsample(total, options)
+    rows = _rows(indices, total)
+    record = replace(
+        record, n_patterns=len(indices), n_patterns_total=total, started_at=_now()
+    )
     try:
         device = lsqml.resolve_device(options.device)
-        record["device"] = device
+        record = replace(record, device=device)
+        ptychi_options = lsqml.build_options(options.lsqml, device)
+        # The record says what pty-chi ran with, its defaults included.
+        ran = ptychi_options.reconstructor_options
+        record = replace(record, num_epochs=ran.num_epochs, batch_size=ran.batch_size)
         inputs = lsqml.to_ptychi_inputs(
             arrays["diffraction"][rows],
             arrays["probeGuess"],
@@ -163,41 +162,37 @@ def _run_job(
             options.object_init,
         )
         result = lsqml.run_lsqml(
-            inputs,
-            lsqml.build_options(options.lsqml, device),
-            device,
-            _check_finite,
-            options.cpu_threads,
+            inputs, ptychi_options, device, _check_finite, options.cpu_threads
         )
         _check_result(result)
     except Exception as error:  # noqa: BLE001 - any failure is this job's, not the study's
         logger.error("%s failed:\n%s", checked.job.namespace, traceback.format_exc())
-        return {
-            **record,
-            "status": "failed",
-            "reason": failure_reason(error, options),
-            "finished_at": _now(),
-        }
+        reason = failure_reason(error, record.batch_size)
+        failed = replace(
+            record, status=JobStatus.FAILED, reason=reason, finished_at=_now()
+        )
+        return failed, None
     x, y = lsqml.from_ptychi_positions(
         result.position_x_px, result.position_y_px, arrays["objectGuess"].shape
     )
-    return {
-        **record,
-        "status": "succeeded",
-        "device": result.device,
-        "wall_time_s": result.wall_time_s,
-        "peak_gpu_memory_mb": result.peak_gpu_memory_mb,
-        "final_loss": float(result.loss[-1]),
-        "finished_at": _now(),
-        "arrays": {
-            "reconstructed_object": result.object.astype(np.complex64),
-            "reconstructed_probe": result.probe.astype(np.complex64),
-            "xcoords": x,
-            "ycoords": y,
-            "pattern_index": indices,
-            "loss": result.loss,
-        },
+    succeeded = replace(
+        record,
+        status=JobStatus.SUCCEEDED,
+        device=result.device,
+        wall_time_s=result.wall_time_s,
+        peak_gpu_memory_mb=result.peak_gpu_memory_mb,
+        final_loss=float(result.loss[-1]),
+        finished_at=_now(),
+    )
+    made = {
+        "reconstructed_object": result.object.astype(np.complex64),
+        "reconstructed_probe": result.probe.astype(np.complex64),
+        "xcoords": x,
+        "ycoords": y,
+        "pattern_index": indices,
+        "loss": result.loss,
     }
+    return succeeded, made
 
 
 def subsample(n_patterns: int, options: BaselineOptions) -> np.ndarray:
@@ -224,7 +219,7 @@ def _check_result(result: lsqml.LSQMLResult) -> None:
             raise DivergedError(f"reconstruction diverged: the {name} has NaN or Inf")
 
 
-def failure_reason(error: BaseException, options: BaselineOptions) -> str:
+def failure_reason(error: BaseException, batch_size: int | None) -> str:
     """One line a scientist can act on."""
     import torch  # noqa: PLC0415 - torch costs seconds; every kedro command imports this
 
@@ -232,7 +227,7 @@ def failure_reason(error: BaseException, options: BaselineOptions) -> str:
         return (
             f"out of memory on the GPU: {error}. Reduce "
             f"ptychi_baseline.lsqml.reconstructor_options.batch_size (now "
-            f"{options.batch_size}) or set max_patterns"
+            f"{batch_size}) or set max_patterns"
         )
     if isinstance(error, DivergedError):
         return str(error)
@@ -260,23 +255,11 @@ def _captured_log() -> Iterator[io.StringIO]:
         ptychi.setLevel(level)
 
 
-def worker_name() -> str:
-    """The Dask worker running this job (its ``--name``), or ``local`` outside Dask."""
-    # A Dask worker has imported distributed; importing it here (0.3-0.6 s) would only
-    # learn that a local run is local.
-    distributed = sys.modules.get("distributed")
-    if distributed is None:
-        return "local"
-    try:
-        return str(distributed.get_worker().name)
-    except ValueError:
-        return "local"
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def record(artifacts: JobArtifacts) -> tuple[Figure, dict[str, Any]]:
-    """The job's summary figure and its manifest entry, from what is on disk."""
-    return job_figure(artifacts.record, artifacts.arrays), artifacts.record
+def record(artifacts: JobArtifacts) -> tuple[Figure, JobRecord]:
+    """The job's summary figure and its record for the manifest, from what is on disk."""
+    job_record = JobRecord.from_dict(artifacts.record)
+    return job_figure(job_record, artifacts.arrays), job_record

@@ -44,6 +44,7 @@ class BaselineOptions:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> BaselineOptions:
+        """The ``ptychi_baseline`` parameters, checked; pty-chi checks ``lsqml`` later."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(params) - known)
         if unknown:
@@ -51,17 +52,6 @@ class BaselineOptions:
                 f"ptychi_baseline: unknown parameter(s) {unknown}; known: {sorted(known)}"
             )
         return cls(**params)
-
-    @property
-    def num_epochs(self) -> int:
-        return int(self.reconstructor("num_epochs", 100))
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.reconstructor("batch_size", 100))
-
-    def reconstructor(self, name: str, default: Any) -> Any:
-        return self.lsqml.get("reconstructor_options", {}).get(name, default)
 
     def fingerprint(self) -> str:
         """Hash of everything that changes a reconstruction (not where it runs)."""

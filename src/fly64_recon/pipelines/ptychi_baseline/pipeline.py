@@ -8,6 +8,7 @@ from fly64_recon.pipelines.ptychi_baseline.nodes import (
     record,
     validate_input,
 )
+from fly64_recon.record import JOB_TAG
 from fly64_recon.study import Job, StudyDesign
 
 
@@ -28,9 +29,10 @@ def job_pipeline(job: Job) -> Pipeline:
             ),
             Node(
                 reconstruct,
-                ["checked_input", "previous_job_artifacts", "params:ptychi_baseline"],
+                ["checked_input", "previous_job_artifacts"],
                 "job_artifacts",
                 name="reconstruct",
+                tags=JOB_TAG,
             ),
             Node(
                 record,

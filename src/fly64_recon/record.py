@@ -1,0 +1,127 @@
+"""A job's record (what ran, with what, how long, how well) and where a job stands.
+
+``job.json``, the NPZ's provenance and the job's manifest entry are this record as JSON
+(:meth:`JobRecord.to_dict`); :meth:`JobRecord.from_dict` reads them back. A new field
+of the record is one line of :class:`JobRecord`. Like ``study.py``, this module imports
+nothing of the project but the study, so pipelines, datasets and hooks all share it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from typing import Any
+
+from fly64_recon.study import Job
+
+# The tag of the node that runs a job (its reconstruction): progress and the run's
+# verdict count the nodes that carry it.
+JOB_TAG = "job"
+
+_WORKER: ContextVar[str] = ContextVar("fly64_recon_worker", default="local")
+
+
+class JobStatus(str, Enum):
+    """Where a job stands; the value is what its record says."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CACHED = "cached"
+    PLANNED = "planned"
+    NOT_RUN = "not_run"
+    READY = "ready"  # validated, waiting for its reconstruction: never in a record
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def has_reconstruction(self) -> bool:
+        """Whether the job's folder holds a reconstruction of its input."""
+        return self in (JobStatus.SUCCEEDED, JobStatus.CACHED)
+
+
+# The statuses a record can have, in the order the manifest counts them.
+OUTCOMES = tuple(status for status in JobStatus if status is not JobStatus.READY)
+
+
+def job_fields(job: Job) -> dict[str, Any]:
+    """The job's name and coordinates in the study, as every record starts."""
+    return {
+        "namespace": job.namespace,
+        "dose": job.dose,
+        "view": job.view,
+        "split": job.split,
+    }
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job: its input, the options that ran, where, how long, how it ended."""
+
+    job: Job
+    status: JobStatus
+    reason: str | None = None
+    input_npz: str | None = None
+    input_sha256: str | None = None
+    algorithm: str | None = None
+    num_epochs: int | None = None
+    batch_size: int | None = None
+    object_init: str | None = None
+    max_patterns: int | None = None
+    subsample_seed: int | None = None
+    options_fingerprint: str | None = None
+    n_patterns: int | None = None
+    n_patterns_total: int | None = None
+    device: str | None = None
+    worker: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    wall_time_s: float | None = None
+    peak_gpu_memory_mb: float | None = None
+    final_loss: float | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    # The evaluation's headline, in the manifest entry only (not in job.json).
+    metrics: Mapping[str, Any] | None = None
+
+    @property
+    def namespace(self) -> str:
+        return self.job.namespace
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON: the job's fields, then every field (metrics if any)."""
+        data = job_fields(self.job)
+        for name in _FIELDS:
+            data[name] = getattr(self, name)
+        data["status"] = self.status.value
+        if self.metrics is None:
+            del data["metrics"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobRecord:
+        """A record read back from JSON; keys it does not know (``output_dir``) are left."""
+        known = {name: data[name] for name in _FIELDS if name in data}
+        known["status"] = JobStatus(data["status"])
+        return cls(Job.from_namespace(data["namespace"]), **known)
+
+
+_FIELDS = tuple(f.name for f in fields(JobRecord) if f.name != "job")
+
+
+@contextmanager
+def running_on(worker: str) -> Iterator[None]:
+    """Jobs built inside this block record ``worker`` as where they ran."""
+    token = _WORKER.set(worker)
+    try:
+        yield
+    finally:
+        _WORKER.reset(token)
+
+
+def current_worker() -> str:
+    """The worker a runner placed this job on (:func:`running_on`), else ``local``."""
+    return _WORKER.get()
