@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from kedro.config import OmegaConfigLoader
 from kedro.framework.project import settings
@@ -28,10 +29,10 @@ def project_conf_source(start: Path | None = None) -> Path:
     return root / "conf"
 
 
-def load_study_design(
+def load_parameters(
     conf_source: Path | None = None, env: str | None = None
-) -> StudyDesign:
-    """The ``study`` parameters of the active environment as a StudyDesign."""
+) -> dict[str, Any]:
+    """The parameters of the active environment, read with Kedro's loader and rules."""
     loader = OmegaConfigLoader(
         conf_source=str(conf_source or project_conf_source()),
         env=env or os.environ.get("KEDRO_ENV"),
@@ -39,4 +40,19 @@ def load_study_design(
         default_run_env="local",
         merge_strategy=settings.CONFIG_LOADER_ARGS.get("merge_strategy"),
     )
-    return StudyDesign.from_params(loader["parameters"]["study"])
+    return loader["parameters"]
+
+
+def load_study_design(
+    conf_source: Path | None = None, env: str | None = None
+) -> StudyDesign:
+    """The ``study`` parameters of the active environment as a StudyDesign."""
+    return StudyDesign.from_params(load_parameters(conf_source, env)["study"])
+
+
+def load_comparison_models(
+    conf_source: Path | None = None, env: str | None = None
+) -> dict[str, str]:
+    """``comparison.models`` of the active environment: model name -> path pattern."""
+    comparison = load_parameters(conf_source, env).get("comparison") or {}
+    return dict(comparison.get("models") or {})
