@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -59,7 +60,8 @@ def comparison_figure(images: Mapping[str, np.ndarray], job: Job) -> Figure:
             if name in panels:
                 shown = ax.imshow(panels[name], cmap=cmap, vmin=vmin, vmax=vmax)
             else:  # error rows: the truth column shows where errors are measured
-                ax.imshow(images["mask"], cmap="gray")
+                ax.imshow(images["mask"], cmap="gray", vmin=0, vmax=1)
+                ax.set_xlabel("scored (lit) pixels", fontsize=7)
         colorbar = figure.colorbar(shown, ax=axes[row, :], shrink=0.85, pad=0.01)
         colorbar.locator = MaxNLocator(4)
     figure.suptitle(f"{job.namespace}: reconstructions aligned to the ground truth")
@@ -128,41 +130,44 @@ def metrics_vs_dose_figure(table: pd.DataFrame) -> Figure:
         for col, (part, view) in enumerate(columns):
             ax = axes[row, col]
             rows = scored[(scored["metric"] == metric) & (scored["view"] == view)]
-            for (model, split), group in rows.sort_values("dose").groupby(
-                ["model", "split"]
-            ):
-                style = SPLIT_STYLES.get(split, ":")
-                ax.plot(
-                    group["dose"],
-                    _finite(group[part]),
-                    style,
-                    marker="o",
-                    color=colours[model],
-                    label=f"{model} {split}",
-                )
-                if model == BASELINE:
-                    ax.plot(
-                        group["dose"],
-                        _finite(group[f"null_{part}"]),
-                        "--",
-                        color=REFERENCE_COLOUR,
-                        label=f"flat object {split}",
-                    )
-                    if (part, metric) == ("phase", "mae"):
-                        ax.plot(
-                            group["dose"],
-                            group["phase_noise_floor"],
-                            ":",
-                            color=REFERENCE_COLOUR,
-                            label=f"noise floor {split}",
-                        )
-            ax.set_xscale("log")
+            _dose_panel(ax, rows, part, metric, colours)
             ax.set_title(f"{view}: {part} {label}", fontsize=8)
-            ax.tick_params(labelsize=7)
     axes[0, 0].legend(fontsize=6)
     figure.supxlabel("dose (photons per pattern)", fontsize=9)
     figure.suptitle("Every reconstruction against dose, scored on the same masks")
     return figure
+
+
+def _dose_panel(
+    ax: Any, rows: pd.DataFrame, part: str, metric: str, colours: dict[str, str]
+) -> None:
+    """One metric of one view: a line per model and split, the baseline's references."""
+    for (model, split), group in rows.sort_values("dose").groupby(["model", "split"]):
+        dose, style = group["dose"], SPLIT_STYLES.get(split, ":")
+        ax.plot(
+            dose,
+            _finite(group[part]),
+            style,
+            marker="o",
+            color=colours[model],
+            label=f"{model} {split}",
+        )
+        if model != BASELINE:
+            continue
+        references = [("flat object", "--", group[f"null_{part}"])]
+        if (part, metric) == ("phase", "mae"):
+            references.append(("noise floor", ":", group["phase_noise_floor"]))
+        for name, line, values in references:
+            ax.plot(
+                dose,
+                _finite(values),
+                line,
+                marker="_",
+                color=REFERENCE_COLOUR,
+                label=f"{name} {split}",
+            )
+    ax.set_xscale("log")
+    ax.tick_params(labelsize=7)
 
 
 def _finite(values: pd.Series) -> pd.Series:
