@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FixedFormatter, FixedLocator, MaxNLocator, NullLocator
 
 from fly64_recon.pipelines.comparison.models import BASELINE
-from fly64_recon.study import VIEWS, Job
+from fly64_recon.study import VIEWS, Job, dose_label
 
 DOSE_METRICS = (
     ("mae", "MAE"),
@@ -166,7 +166,13 @@ def _dose_panel(
                 color=REFERENCE_COLOUR,
                 label=f"{name} {split}",
             )
+    doses = sorted(set(rows["dose"]))
     ax.set_xscale("log")
+    # Fixed dose ticks, no minor ones, no mathtext: tick labels are most of the drawing.
+    ax.xaxis.set_major_locator(FixedLocator(doses))
+    ax.xaxis.set_major_formatter(FixedFormatter([dose_label(d) for d in doses]))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_locator(MaxNLocator(4))
     ax.tick_params(labelsize=7)
 
 
