@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import nbformat
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import TINY_ENV, make_tiny_project, run_kedro
+from conftest import PROJECT_ROOT, TINY_ENV, make_tiny_project, run_kedro
+from IPython.display import Markdown
+from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 from scipy import ndimage
 
@@ -176,3 +179,19 @@ def test_the_default_run_compares_after_the_baselines(project, monkeypatch):
     compare = order.index(f"{DENSE_JOB.namespace}.compare")
     assert compare > order.index(f"{DENSE_JOB.namespace}.reconstruct")
     assert order.index("comparison_summary.tabulate") > compare
+
+
+def test_the_notebook_loads_the_comparison_through_the_catalog(project, monkeypatch):
+    monkeypatch.chdir(project)
+    bootstrap_project(project)
+    notebook = nbformat.read(PROJECT_ROOT / "notebooks/explore_results.ipynb", 4)
+    (cell,) = [
+        c.source
+        for c in notebook.cells
+        if "comparison_summary.metrics_table" in c.source
+    ]
+    with KedroSession.create(project_path=project, env=TINY_ENV) as session:
+        scope = {"catalog": session.load_context().catalog, "Markdown": Markdown}
+        exec(cell, scope)  # noqa: S102 - the notebook's own cell
+
+    assert {"ptychi", "full", "crop", "copy"} <= set(scope["shown"].columns)

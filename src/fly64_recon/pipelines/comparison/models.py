@@ -10,8 +10,8 @@ whole pixels (registration refines the rest). Every other key is ignored, so a
 On the grid, the crop's footprint limits the mask it is scored on; a pixel without a
 finite value (outside the crop, or NaN/Inf outside the mask) takes the value of the
 nearest finite pixel, so the registration's spline shift sees the crop's own edge, as
-it sees an image's edge. A crop that covers the mask's bounding box with
-``metrics.SHIFT_PAD_PX`` pixels to spare scores exactly as the full-grid object.
+it sees an image's edge. A crop that covers the mask's bounding box with a margin of
+``metrics.SHIFT_PAD_PX`` plus the registration's shift scores exactly as the full grid.
 """
 
 from __future__ import annotations
