@@ -266,3 +266,24 @@ def test_the_catalog_fills_each_jobs_pattern(tmp_path):
         "comparison__pinn__dose_1000__sparse__train": "/data/pinn/dose_1000/sparse/train.npz",
         "comparison__mine__dose_10000__baseline__test": "out/mine_baseline_test.npz",
     }
+
+
+def test_the_dask_environment_persists_what_crosses_between_comparison_nodes(tmp_path):
+    loader = OmegaConfigLoader(
+        str(PROJECT / "conf"),
+        base_env="base",
+        default_run_env="dask",
+        runtime_params={"artifact_root": str(tmp_path), "reporting_root": "rep"},
+    )
+    catalog = DataCatalog.from_config(loader["catalog"])
+
+    images = catalog.get("dose_1e4.dense.test.comparison_images")
+    collected = catalog.get("comparison_summary.all_comparisons")
+    table = catalog.get("comparison_summary.metrics_table")
+    assert type(images).__name__ == type(collected).__name__ == "PickleDataset"
+    assert str(images._filepath).endswith("dose_1e4/dense/test/comparison_images.pkl")
+    assert str(table._filepath) == "rep/comparison_metrics.csv"
+    figure = catalog.get("dose_1e4.dense.test.comparison_plot")
+    assert figure._describe()["filepath"].endswith(
+        "dose_10000/dense/test/comparison.png"
+    )

@@ -49,6 +49,18 @@ TABLE_COLUMNS = [
 ]
 
 
+REPORT_COLUMNS = (
+    ("phase", "mae", "phase MAE (rad)", "{:.4f}"),
+    ("phase", "ssim", "phase SSIM", "{:.3f}"),
+    ("phase", "frc_0.5", "phase FRC 0.5", "{:.2f}"),
+    ("amplitude", "mae", "amplitude MAE", "{:.4f}"),
+)
+
+
+class NoGroundTruth(ValueError):
+    """The job's input has no ground truth to score against."""
+
+
 def job_fields(job: Job) -> dict[str, Any]:
     """The job's name and coordinates in the study."""
     return {
@@ -92,10 +104,6 @@ def open_baseline(
     return None, {**entry, "status": "missing", "reason": reason}
 
 
-class NoGroundTruth(ValueError):
-    """The job's input has no ground truth to score against."""
-
-
 def compare(
     artifacts: JobArtifacts,
     source: NPZSource,
@@ -127,6 +135,7 @@ def compare(
             else score(arrays, entry, truth, footing, upsample)
         )
         entries.append({"model": name, **found})
+    _warn(job, entries)
     result = {
         **job_fields(job),
         "ground_truth": True,
@@ -163,12 +172,26 @@ def _not_scored(job: Job, opened: Mapping[str, tuple], reason: str) -> dict[str,
         else {"model": name, **entry, "status": "not_scored", "reason": reason}
         for name, (arrays, entry) in opened.items()
     ]
+    _warn(job, entries)
     return {
         **job_fields(job),
         "ground_truth": False,
         "reason": reason,
         "models": entries,
     }
+
+
+def _warn(job: Job, entries: Sequence[Mapping[str, Any]]) -> None:
+    """One log line per reconstruction of the job that was not scored."""
+    for entry in entries:
+        if entry["status"] != "scored":
+            logger.warning(
+                "%s: %s %s: %s",
+                job.namespace,
+                entry["model"],
+                entry["status"],
+                entry["reason"],
+            )
 
 
 def score(
@@ -272,14 +295,6 @@ def _rows(job: Mapping[str, Any], entry: Mapping[str, Any]) -> list[dict[str, An
         }
         for metric in entry["phase"]
     ]
-
-
-REPORT_COLUMNS = (
-    ("phase", "mae", "phase MAE (rad)", "{:.4f}"),
-    ("phase", "ssim", "phase SSIM", "{:.3f}"),
-    ("phase", "frc_0.5", "phase FRC 0.5", "{:.2f}"),
-    ("amplitude", "mae", "amplitude MAE", "{:.4f}"),
-)
 
 
 def comparison_report(comparisons: Sequence[dict[str, Any]]) -> str:
