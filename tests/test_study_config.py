@@ -79,6 +79,6 @@ def test_without_a_context_the_registry_reads_what_kedro_run_would(
     monkeypatch.setattr(config, "_active", {})
     bootstrap_project(project)
 
-    assert [job.namespace for job in config.study_design().jobs()] == [
+    assert [job.namespace for job in config.pipeline_design().study.jobs()] == [
         "dose_1e3.dense.test"
     ]

@@ -1,4 +1,4 @@
-"""The study design, read from the configuration of the active Kedro context.
+"""The study design (and the models to compare), read from the active Kedro context.
 
 The pipelines are instantiated per dose, view and split, so the registry needs the
 ``study`` parameters. Kedro calls ``register_pipelines()`` without arguments, and not
@@ -17,6 +17,7 @@ start over), as it always has.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from kedro.config import AbstractConfigLoader
@@ -35,12 +36,25 @@ class StudyContext(KedroContext):
         _active["config_loader"] = self.config_loader
 
 
-def study_design() -> StudyDesign:
-    """The ``study`` parameters of the active context (runtime ``--params`` included)."""
+@dataclass(frozen=True)
+class PipelineDesign:
+    """What the pipelines are built from: the study's jobs and the models to compare."""
+
+    study: StudyDesign
+    models: dict[str, str]
+
+
+def pipeline_design() -> PipelineDesign:
+    """The active context's ``study`` and ``comparison.models`` (``--params`` included)."""
     loader = _active.get("config_loader")
     if loader is None:  # a config loader is a mapping: empty until read, so falsy
         loader = _session_config_loader()
-    return StudyDesign.from_params(loader["parameters"]["study"])
+    parameters = loader["parameters"]
+    comparison = parameters.get("comparison") or {}
+    return PipelineDesign(
+        StudyDesign.from_params(parameters["study"]),
+        dict(comparison.get("models") or {}),
+    )
 
 
 def _session_config_loader() -> AbstractConfigLoader:

@@ -2,7 +2,8 @@
 
 from kedro.pipeline import Pipeline
 
-from fly64_recon.config import study_design
+from fly64_recon.config import pipeline_design
+from fly64_recon.pipelines.comparison import pipeline as comparison
 from fly64_recon.pipelines.evaluation import pipeline as evaluation
 from fly64_recon.pipelines.ptychi_baseline import pipeline as ptychi_baseline
 from fly64_recon.pipelines.simulate import pipeline as simulate
@@ -11,14 +12,18 @@ from fly64_recon.pipelines.simulate import pipeline as simulate
 def register_pipelines() -> dict[str, Pipeline]:
     """Register the project's pipelines; the default runs them all.
 
-    Every pipeline is built from one reading of the study design in the active Kedro
-    context's configuration; the pipelines themselves read no configuration.
+    Every pipeline is built from one reading of the active Kedro context's
+    configuration (the study design, the models to compare); the pipelines themselves
+    read no configuration. With no model to compare, ``comparison`` is empty.
     """
-    design = study_design()
+    design = pipeline_design()
     pipelines = {
-        "simulate": simulate.create_pipeline(design=design),
-        "ptychi_baseline": ptychi_baseline.create_pipeline(design=design),
-        "evaluation": evaluation.create_pipeline(design=design),
+        "simulate": simulate.create_pipeline(design=design.study),
+        "ptychi_baseline": ptychi_baseline.create_pipeline(design=design.study),
+        "evaluation": evaluation.create_pipeline(design=design.study),
+        "comparison": comparison.create_pipeline(
+            design=design.study, models=design.models
+        ),
     }
     pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))
     return pipelines
