@@ -95,8 +95,11 @@ def test_photons_and_the_noise_floor():
     assert photons[4, 5] == 200.0  # overlap: two footprints of 100 per pixel
     floor = beam.phase_noise_floor(photons, mask)
     # 16 pixels saw one footprint (100 photons), 8 saw two (200).
-    assert floor == pytest.approx((16 * 0.05 + 8 * 0.5 / np.sqrt(200)) / 24)
-    assert beam.phase_noise_floor(photons, np.zeros_like(mask)) == float("inf")
+    std = (16 * 0.05 + 8 * 0.5 / np.sqrt(200)) / 24
+    assert floor["mae"] == pytest.approx(np.sqrt(2 / np.pi) * std)
+    assert floor["mse"] == pytest.approx((16 * 0.05**2 + 8 * 0.25 / 200) / 24)
+    nowhere = beam.phase_noise_floor(photons, np.zeros_like(mask))
+    assert nowhere["mae"] == float("inf")
 
 
 def test_describe_scan_and_the_no_overlap_warning():

@@ -214,8 +214,8 @@ def test_the_footing_uses_the_patterns_the_job_used():
     assert first_two.photons_per_pattern == pytest.approx(expected)
     assert first_two.mask.sum() < every.mask.sum()
     assert every.mask[40:56, 32:88].all() and not every.mask[:30].any()
-    assert 0 < every.noise_floor() < np.inf
-    assert every.noise_floor(first_two.mask) > 0
+    assert 0 < every.noise_floor()["mae"] < np.inf
+    assert every.noise_floor(first_two.mask)["mae"] > 0
 
 
 def test_ground_truth_is_absent_when_flat_or_when_the_metadata_says_so():

@@ -308,11 +308,11 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_rerun(
         original = lsqml.run_lsqml
 
         def crash_once(inputs, options, device, on_epoch, cpu_threads):
-            def epoch_done(epoch: int, loss: float) -> None:
+            def epoch_done(loss):
                 with suppress(FileExistsError):
                     os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
                     os._exit(1)
-                on_epoch(epoch, loss)
+                return on_epoch(loss)
 
             return original(inputs, options, device, epoch_done, cpu_threads)
 

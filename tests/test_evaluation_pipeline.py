@@ -11,6 +11,7 @@ from kedro.io import DataCatalog
 from matplotlib.figure import Figure
 from test_evaluation_metrics import _object
 
+from fly64_recon import metrics
 from fly64_recon.datasets import (
     JobArtifacts,
     JobJSONDataset,
@@ -18,7 +19,7 @@ from fly64_recon.datasets import (
     NPZSource,
     npz_bytes,
 )
-from fly64_recon.pipelines.evaluation import figures, metrics, nodes
+from fly64_recon.pipelines.evaluation import figures, nodes, report
 from fly64_recon.pipelines.evaluation.pipeline import create_pipeline
 from fly64_recon.record import JobRecord, JobStatus
 from fly64_recon.study import Job, StudyDesign
@@ -26,26 +27,35 @@ from fly64_recon.study import Job, StudyDesign
 PROJECT = Path(__file__).resolve().parents[1]
 JOB = Job(1000.0, "baseline", "test")
 PARAMS = {
-    "crop_margin": 0.25,
+    "illumination_fraction": 0.1,
     "upsample_factor": 10,
-    "flat_tolerance": 1e-6,
+    "max_shift_px": 0.5,
+    "max_phase_ramp_rad_per_px": 0.05,
     "grid_split": "test",
 }
 PATCH = 16
+# Positions covering the middle of the object; footprints span rows 12-84, cols 12-116.
+Y, X = (
+    grid.ravel()
+    for grid in np.meshgrid(np.arange(20.0, 77, 8), np.arange(20.0, 109, 8))
+)
+CONVERGED = {"epochs_run": 3, "stop_reason": "loss_plateau", "converged": True}
 
 
-def _artifacts(reconstruction: np.ndarray, status: str = "succeeded") -> JobArtifacts:
-    """What a job leaves on disk, with positions covering the middle of the object."""
-    y, x = np.meshgrid(np.arange(20.0, 77.0, 8), np.arange(20.0, 109.0, 8))
+def _artifacts(
+    reconstruction: np.ndarray, status: str = "succeeded", **record
+) -> JobArtifacts:
+    """What a job leaves on disk."""
     arrays = {
         "reconstructed_object": reconstruction.astype(np.complex64),
         "reconstructed_probe": np.ones((1, 1, PATCH, PATCH), dtype=np.complex64),
-        "xcoords": x.ravel(),
-        "ycoords": y.ravel(),
-        "pattern_index": np.arange(x.size),
+        "xcoords": X,
+        "ycoords": Y,
+        "pattern_index": np.arange(X.size),
         "loss": np.array([3.0, 1.0, 0.5]),
     }
-    return JobArtifacts(on_disk({"status": status, "reason": None}), arrays)
+    fields = {"status": status, "reason": None, "overlap": 0.4, **CONVERGED, **record}
+    return JobArtifacts(on_disk(fields), arrays)
 
 
 def on_disk(record: dict) -> dict:
@@ -56,8 +66,11 @@ def on_disk(record: dict) -> dict:
 def _source(tmp_path: Path, object_guess: np.ndarray, **metadata) -> NPZSource:
     path = tmp_path / "patched_test.npz"
     arrays = {
-        "diffraction": np.ones((2, PATCH, PATCH), dtype=np.float32),
+        "diffraction": np.ones((X.size, PATCH, PATCH), dtype=np.float32),
+        "probeGuess": np.ones((PATCH, PATCH), dtype=np.complex64),
         "objectGuess": object_guess.astype(np.complex64),
+        "xcoords": X,
+        "ycoords": Y,
         "_metadata": np.array(json.dumps({"dose": 1000.0, **metadata})),
     }
     path.write_bytes(npz_bytes(arrays))
@@ -72,8 +85,16 @@ def test_a_good_reconstruction_is_measured_against_its_ground_truth(tmp_path):
 
     assert result["evaluated"] and result["ground_truth"]
     assert result["namespace"] == JOB.namespace and result["status"] == "succeeded"
-    assert result["region"] == [16, 80, 16, 112]  # footprints, less N/4 a side
+    assert result["region"] == [12, 84, 12, 116]  # where the footprints lit it
+    assert result["scan"]["lit_px"] == 72 * 104
     np.testing.assert_allclose(result["alignment"]["shift_px"], [-0.5, 0.3], atol=0.1)
+    assert result["phase"]["mae"] < result["null"]["phase"]["mae"]
+    assert result["noise_floor"]["phase"]["mae"] > 0
+    # A 0.58 px shift on the truth's own grid is beyond the 0.5 px bound: flagged.
+    assert result["flags"] == [
+        "registration shifted the reconstruction by 0.58 px (bound 0.5 px): the "
+        "alignment may be spurious"
+    ]
     assert result["phase"]["ssim"] > 0.95 and result["amplitude"]["ssim"] > 0.95
     assert result["data_fit"]["final_loss"] == 0.5 and result["n_patterns"] == 96
     json.dumps(result)  # plain JSON
@@ -169,9 +190,10 @@ def test_the_metrics_dataset_round_trips_in_the_job_folder(tmp_path):
     assert dataset.load() == {"phase": {"mae": 0.25}, "n": 3}
 
 
-def _job_metrics(dose: float, view: str, mae: float) -> dict:
-    scores = dict.fromkeys(("mae", "mse", "psnr", "ssim", "ms_ssim"), mae)
-    scores |= {"frc_0.5": 0.5, "frc_1/7": 0.9}
+def _job_metrics(
+    dose: float, view: str, mae: float, null: float = 0.5, **extra
+) -> dict:
+    scores = dict.fromkeys(("mae", "mse", "psnr", "ssim", "ms_ssim", "frc_0.5"), mae)
     return {
         **nodes.job_fields(Job(dose, view, "test")),
         "status": "succeeded",
@@ -179,7 +201,13 @@ def _job_metrics(dose: float, view: str, mae: float) -> dict:
         "ground_truth": True,
         "amplitude": scores,
         "phase": {**scores, "mae": mae},
+        "null": {"amplitude": scores, "phase": {**scores, "mae": null}},
+        "noise_floor": {"phase": {"mae": 0.01, "mse": 1e-4}},
+        "scan": {"overlap": 0.4, "probe_diameter_px": 30.0, "photons_per_px2": dose},
         "data_fit": {"final_loss": 0.1, "epochs": 3, "loss": [1.0, 0.5, 0.1]},
+        "convergence": CONVERGED,
+        "flags": [],
+        **extra,
     }
 
 
@@ -199,7 +227,7 @@ def test_collect_metrics_names_the_jobs_without_metrics(study_metrics):
     assert missing["evaluated"] is False and "no metrics.json" in missing["reason"]
 
 
-def test_the_metrics_table_is_tidy(study_metrics, tmp_path):
+def test_the_metrics_table_is_tidy_with_the_references_beside(study_metrics):
     table = nodes.metrics_table(study_metrics)
 
     assert list(table.columns) == [
@@ -209,30 +237,99 @@ def test_the_metrics_table_is_tidy(study_metrics, tmp_path):
         "metric",
         "amplitude",
         "phase",
+        "null_amplitude",
+        "null_phase",
+        "phase_noise_floor",
     ]
-    assert len(table) == 2 * 7
-    phase_mae = table[(table.metric == "mae")].set_index("dose")["phase"]
-    assert phase_mae.to_dict() == {1e3: 0.3, 1e5: 0.1}
+    assert len(table) == 2 * 6
+    mae = table[(table.metric == "mae")].set_index("dose")
+    assert mae["phase"].to_dict() == {1e3: 0.3, 1e5: 0.1}
+    assert mae["null_phase"].to_dict() == {1e3: 0.5, 1e5: 0.5}
+    assert mae["phase_noise_floor"].to_dict() == {1e3: 0.01, 1e5: 0.01}
+    assert table[table.metric == "ssim"]["phase_noise_floor"].isna().all()
 
 
 def test_the_report_has_the_table_the_science_check_and_the_missing_jobs(
     study_metrics,
 ):
-    report = nodes.summary_report(study_metrics)
+    text = report.summary_report(study_metrics)
 
-    assert "| dose | view | split | phase MAE (rad) |" in report
-    assert "| 1e3 | baseline | test | 0.3000 |" in report
     assert (
-        "phase MAE falls from 0.3000 rad at dose 1e3 to 0.1000 rad at dose 1e5"
-        in report
+        "| dose | view | split | phase MAE (rad) | null | floor | MAE / null |" in text
     )
-    assert "`dose_1e3.dense.test`: no metrics.json on disk" in report
+    assert "| 1e3 | baseline | test | 0.3000 | 0.5000 | 0.0100 | 0.60 | 30.0 |" in text
+    assert (
+        "baseline view: phase MAE falls from 0.3000 rad at dose 1e3 to 0.1000 rad at "
+        "dose 1e5" in text
+    )
+    assert "baseline view at dose 1e5: below the null reference (0.20x" in text
+    assert "| baseline | 0.400 | 30.0 | 1e+03 | 1e+05 |" in text  # the view's scan
+    assert "No job is flagged." in text
+    assert "2 of 2 evaluated jobs converged" in text
+    assert "`dose_1e3.dense.test`: no metrics.json on disk" in text
 
 
-def test_the_science_check_says_when_the_error_does_not_fall():
-    rising = [_job_metrics(1e3, "baseline", 0.1), _job_metrics(1e5, "baseline", 0.2)]
+def test_the_report_names_flagged_and_unconverged_jobs_in_words():
+    worse = _job_metrics(
+        1e3,
+        "sparse",
+        0.6,
+        flags=["phase MAE 0.6000 rad is not below the null reference 0.5000 rad"],
+        convergence={"epochs_run": 60, "stop_reason": "epoch_cap", "converged": False},
+    )
 
-    assert "does NOT fall" in nodes.science_check(rising)[0]
+    text = report.summary_report([worse, _job_metrics(1e5, "sparse", 0.2)])
+
+    assert (
+        "- `dose_1e3.sparse.test`: phase MAE 0.6000 rad is not below the null "
+        "reference 0.5000 rad." in text
+    )
+    assert "`dose_1e3.sparse.test` did not converge: epoch_cap after 3 epochs" in text
+
+
+def test_the_science_check_says_when_the_error_does_not_fall_or_beats_no_null():
+    rising = [
+        _job_metrics(1e3, "baseline", 0.1),
+        _job_metrics(1e5, "baseline", 0.6),
+    ]
+
+    lines = report.science_check(rising)
+
+    assert "does NOT fall" in lines[0]
+    assert "NOT below the null reference (1.20x" in lines[1]
+
+
+def test_a_score_not_below_the_null_and_a_capped_job_are_flagged(tmp_path):
+    truth = _object()
+    flat = np.ones_like(truth) * np.exp(0.2j)
+    capped = {"stop_reason": "epoch_cap", "converged": False, "epochs_run": 20}
+
+    result = nodes.evaluate(
+        _artifacts(flat, **capped), _source(tmp_path, truth), PARAMS, JOB
+    )
+
+    assert result["phase"]["mae"] == pytest.approx(result["null"]["phase"]["mae"])
+    assert any("is not below the null reference" in flag for flag in result["flags"])
+    assert any(
+        "stopped by the epoch cap (20 epochs) while the loss was still improving"
+        in flag
+        for flag in result["flags"]
+    )
+
+
+def test_the_headline_keeps_the_references_and_the_flags(tmp_path):
+    truth = _object()
+    result = nodes.evaluate(_artifacts(truth), _source(tmp_path, truth), PARAMS, JOB)
+
+    headline = nodes.manifest_section(result)
+
+    assert headline["null"] == result["null"]
+    assert headline["noise_floor"] == result["noise_floor"]
+    assert headline["flags"] == [] and headline["scan"]["lit_px"] > 0
+    assert (
+        headline["phase_ramp_rad_per_px"]
+        == result["alignment"]["phase_ramp_rad_per_px"]
+    )
 
 
 def test_the_phase_grid_uses_the_alignment_of_the_metrics(tmp_path, study_metrics):

@@ -141,8 +141,8 @@ def test_divergence_fails_the_job_and_saves_no_result(
     source, empty_folder, monkeypatch
 ):
     def diverge(inputs, options, device, on_epoch, cpu_threads):
-        on_epoch(0, 1.0)
-        on_epoch(1, float("nan"))
+        on_epoch(np.array([1.0]))
+        on_epoch(np.array([1.0, float("nan")]))
 
     monkeypatch.setattr(lsqml, "run_lsqml", diverge)
     checked = nodes.validate_input(source, PARAMS, JOB)

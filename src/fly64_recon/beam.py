@@ -23,8 +23,9 @@ metadata, a job's manifest entry and its metrics agree.
   its mean (Anscombe 1948, Biometrika 35, 246); a complex field whose modulus is known
   to +-1/2 at ``sqrt(n)`` has a phase uncertainty of ``1 / (2 sqrt(n))`` rad (the same
   bound as Godard et al. 2012, Opt. Express 20, 25914, for photon-limited CDI). The floor
-  of a job is that, averaged over its mask: no reconstruction of these data can do
-  much better, whatever the engine.
+  of a job is that, over its mask, as the phase MAE (``sqrt(2/pi)`` times the standard
+  deviation, for Gaussian errors) and MSE: no reconstruction of these data can do much
+  better, whatever the engine.
 """
 
 from __future__ import annotations
@@ -128,12 +129,20 @@ def photons_per_pixel(
     return photons_per_pattern * lit / power
 
 
-def phase_noise_floor(photons: np.ndarray, mask: np.ndarray) -> float:
-    """Shot-noise limit of the phase error over ``mask``: mean of 1 / (2 sqrt(n)), rad."""
+def phase_noise_floor(photons: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """The shot-noise limit of the phase error over ``mask``, as MAE and MSE (rad).
+
+    Per pixel the phase error's standard deviation is ``1 / (2 sqrt(n))``; a Gaussian
+    error of standard deviation s has a mean absolute value of ``s sqrt(2 / pi)``.
+    """
     counts = photons[mask]
     if counts.size == 0 or np.any(counts <= 0):
-        return float("inf")
-    return float(np.mean(0.5 / np.sqrt(counts)))
+        return {"mae": float("inf"), "mse": float("inf")}
+    std = 0.5 / np.sqrt(counts)
+    return {
+        "mae": float(np.sqrt(2 / np.pi) * std.mean()),
+        "mse": float(np.mean(std**2)),
+    }
 
 
 def describe_scan(

@@ -82,6 +82,17 @@ class JobRecord:
     wall_time_s: float | None = None
     peak_gpu_memory_mb: float | None = None
     final_loss: float | None = None
+    # How the reconstruction ended (convergence.Verdict): epochs run, why it stopped.
+    epochs_run: int | None = None
+    stop_reason: str | None = None
+    converged: bool | None = None
+    # The scan as the beam saw it (fly64_recon.beam).
+    probe_diameter_px: float | None = None
+    overlap: float | None = None
+    photons_per_pattern: float | None = None
+    photons_per_px2: float | None = None
+    # Two more reconstructions from interleaved halves of the patterns were made.
+    half_dataset: bool | None = None
     started_at: str | None = None
     finished_at: str | None = None
     # The evaluation's headline, in the manifest entry only (not in job.json).

@@ -8,7 +8,9 @@ its mask and noise floor from here, so their numbers stand on the same footing:
   the positions of the patterns the job used (``pattern_index``; all when None);
 - photons per pattern: the mean over those patterns of ``sum((diffraction * s) ** 2)``,
   with ``s`` the ``intensity_scale`` of ``_metadata`` (1 when absent);
-- noise floor: ``fly64_recon.beam.phase_noise_floor`` of the photons per pixel.
+- noise floor: ``fly64_recon.beam.phase_noise_floor`` of the photons per pixel;
+- ground truth: none when ``_metadata`` says ``ground_truth: false`` or objectGuess is
+  flat (measured data carry a flat start, not an object).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ TRUTH_MEMBERS = (
     "_metadata",
 )
 PHOTON_CHUNK = 256  # patterns summed at a time: bounds the float64 working copy
+# An objectGuess this flat (amplitude and phase) is no ground truth: measured data.
+FLAT_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -40,12 +44,14 @@ class Footing:
     photons: np.ndarray
     photons_per_pattern: float
 
-    def noise_floor(self, mask: np.ndarray | None = None) -> float:
-        """Shot-noise floor of the phase error (rad) over ``mask`` (default: all lit)."""
+    def noise_floor(self, mask: np.ndarray | None = None) -> dict[str, float]:
+        """Shot-noise floor of the phase MAE and MSE over ``mask`` (default: all lit)."""
         return beam.phase_noise_floor(self.photons, self.mask if mask is None else mask)
 
 
-def has_ground_truth(members: Mapping[str, np.ndarray], tolerance: float) -> bool:
+def has_ground_truth(
+    members: Mapping[str, np.ndarray], tolerance: float = FLAT_TOLERANCE
+) -> bool:
     """False for measured data: ``_metadata`` says so, or objectGuess is flat."""
     if read_metadata(members).get("ground_truth", True) is False:
         return False

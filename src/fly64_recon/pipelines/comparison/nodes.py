@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fly64_recon import metrics as m
 from fly64_recon.datasets.job_folder import RECONSTRUCTION_FILE, JobArtifacts
 from fly64_recon.datasets.npz import NPZFormatError, NPZSource
 from fly64_recon.pipelines.comparison.models import (
@@ -25,7 +26,6 @@ from fly64_recon.pipelines.comparison.models import (
     ModelFileError,
     model_on_grid,
 )
-from fly64_recon.pipelines.evaluation import metrics as m
 from fly64_recon.scoring import TRUTH_MEMBERS, Footing, has_ground_truth, job_footing
 from fly64_recon.study import Job, dose_label
 
@@ -141,7 +141,7 @@ def compare(
         "ground_truth": True,
         "lit_px": int(footing.mask.sum()),
         "photons_per_pattern": footing.photons_per_pattern,
-        "noise_floor_rad": footing.noise_floor(),
+        "noise_floor": footing.noise_floor(),
         "models": entries,
     }
     return result, figure_images(truth, footing.mask, aligned)
@@ -155,7 +155,7 @@ def job_truth(
 ) -> tuple[np.ndarray, Footing]:
     """The ground truth and the footing of the patterns the baseline used (else all)."""
     members = source.load_members(TRUTH_MEMBERS)
-    if not has_ground_truth(members, evaluation["flat_tolerance"]):
+    if not has_ground_truth(members):
         raise NoGroundTruth(
             "the input has no ground truth (a flat objectGuess, or _metadata says so)"
         )
@@ -218,7 +218,7 @@ def score(
         "status": "scored",
         "reason": None,
         "coverage": float(scored.sum() / footing.mask.sum()),
-        "noise_floor_rad": footing.noise_floor(scored),
+        "noise_floor": footing.noise_floor(scored),
         **result,
     }
     return scores, (m.apply_alignment(image, alignment), alignment.region)
@@ -288,7 +288,7 @@ def _rows(job: Mapping[str, Any], entry: Mapping[str, Any]) -> list[dict[str, An
             "phase": entry["phase"][metric],
             "null_amplitude": entry["null"]["amplitude"][metric],
             "null_phase": entry["null"]["phase"][metric],
-            "phase_noise_floor": entry["noise_floor_rad"],
+            "phase_noise_floor": entry["noise_floor"].get(metric),
             "coverage": entry["coverage"],
             "status": "scored",
             "reason": "",
@@ -357,7 +357,7 @@ def _report_row(
         cells.append(fmt.format(entry[part][metric]))
         cells.append("-" if base is None else fmt.format(base[part][metric]))
     cells.append(f"{entry['null']['phase']['mae']:.4f}")
-    cells.append(f"{entry['noise_floor_rad']:.4f}")
+    cells.append(f"{entry['noise_floor']['mae']:.4f}")
     cells.append(verdict(entry, base))
     return cells
 

@@ -11,7 +11,8 @@ from matplotlib.figure import Figure
 
 from fly64_recon.study import VIEWS, Job, dose_label
 
-DOSE_METRICS = (("mae", "MAE"), ("ssim", "SSIM"), ("frc_1/7", "FRC 1/7 (x Nyquist)"))
+DOSE_METRICS = (("mae", "MAE"), ("ssim", "SSIM"), ("frc_0.5", "FRC 0.5 (x Nyquist)"))
+REFERENCE_COLOUR = "0.45"
 SPLIT_STYLES = {"test": "-", "train": "--"}
 
 
@@ -57,7 +58,8 @@ def phase_grid_figure(phases: Mapping[str, np.ndarray]) -> Figure:
 
 
 def metrics_vs_dose_figure(table: pd.DataFrame) -> Figure:
-    """Amplitude and phase metrics against dose, one line per view and split."""
+    """Amplitude and phase metrics against dose, one line per view and split; the MAE
+    panels show the null reference (dash-dot) and the phase noise floor (dotted)."""
     if table.empty:
         return _card("metrics versus dose: no job was measured against a ground truth")
     figure = Figure(figsize=(4 * len(DOSE_METRICS), 6.5), layout="constrained")
@@ -76,12 +78,21 @@ def metrics_vs_dose_figure(table: pd.DataFrame) -> Figure:
                     color=colours[view],
                     label=f"{view} {split}",
                 )
+                if metric == "mae":
+                    _references(ax, group, part, colours[view])
             ax.set_xscale("log")
             ax.set_xlabel("dose (photons per pattern)")
             ax.set_title(f"{part} {label}")
     axes[0, 0].legend(fontsize=8)
     figure.suptitle("Reconstruction quality against dose")
     return figure
+
+
+def _references(ax: Any, group: pd.DataFrame, part: str, colour: str) -> None:
+    """A view's null reference and, for the phase, its noise floor, thin and pale."""
+    ax.plot(group["dose"], group[f"null_{part}"], "-.", color=colour, alpha=0.5, lw=1)
+    if part == "phase":
+        ax.plot(group["dose"], group["phase_noise_floor"], ":", color=colour, lw=1)
 
 
 def convergence_figure(all_metrics: Sequence[dict[str, Any]]) -> Figure:

@@ -2,6 +2,10 @@
 
 Like a reconstruction job, an evaluation never raises for a problem of its own job: a
 job that did not succeed, or whose evaluation fails, gets ``evaluated: false`` and why.
+Every score stands beside its references, measured on the same lit pixels
+(``fly64_recon.scoring``): the null reference (a flat object) and the shot-noise floor.
+What makes a score doubtful (not below the null, a spurious alignment, a reconstruction
+stopped while still improving, no overlap) is a flag, in words.
 """
 
 from __future__ import annotations
@@ -14,17 +18,28 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fly64_recon.contract import read_metadata
+from fly64_recon import beam
+from fly64_recon import metrics as m
+from fly64_recon.convergence import StopReason
 from fly64_recon.datasets.job_folder import JobArtifacts
 from fly64_recon.datasets.npz import NPZSource
-from fly64_recon.pipelines.evaluation import metrics as m
 from fly64_recon.record import JobRecord, job_fields
-from fly64_recon.study import Job, dose_label
+from fly64_recon.scoring import TRUTH_MEMBERS, Footing, has_ground_truth, job_footing
+from fly64_recon.study import Job
 
 logger = logging.getLogger(__name__)
 
-GROUND_TRUTH_MEMBERS = ("objectGuess", "_metadata")
-TABLE_COLUMNS = ["dose", "view", "split", "metric", "amplitude", "phase"]
+TABLE_COLUMNS = [
+    "dose",
+    "view",
+    "split",
+    "metric",
+    "amplitude",
+    "phase",
+    "null_amplitude",
+    "null_phase",
+    "phase_noise_floor",
+]
 # In metrics.json but not in the manifest entry, which has the job's own fields already.
 NOT_HEADLINE = (
     "namespace",
@@ -47,12 +62,15 @@ def evaluate(
     if not made or artifacts.arrays is None:
         return {**head, "evaluated": False, "reason": _why_not(record)}
     try:
-        truth = source.load_members(GROUND_TRUTH_MEMBERS)
-        return {**head, "evaluated": True, **measure(artifacts.arrays, truth, params)}
+        members = source.load_members(TRUTH_MEMBERS)
+        measured = measure(artifacts.arrays, members, record, params)
     except Exception as error:  # noqa: BLE001 - one job's evaluation, not the study's
         logger.exception("%s: evaluation failed", job.namespace)
         reason = f"evaluation failed: {type(error).__name__}: {error}"
         return {**head, "evaluated": False, "reason": reason}
+    for flag in measured["flags"]:
+        logger.warning("%s: %s", job.namespace, flag)
+    return {**head, "evaluated": True, **measured}
 
 
 def _why_not(record: JobRecord | None) -> str:
@@ -66,39 +84,101 @@ def _why_not(record: JobRecord | None) -> str:
 
 def measure(
     arrays: Mapping[str, np.ndarray],
-    truth: Mapping[str, np.ndarray],
+    members: Mapping[str, np.ndarray],
+    record: JobRecord,
     params: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Data fit always; alignment, amplitude and phase metrics given a ground truth."""
-    reconstruction = arrays["reconstructed_object"]
-    target = truth["objectGuess"]
+    """Data fit always; scores beside their references given a ground truth; flags."""
+    reconstruction, target = arrays["reconstructed_object"], members["objectGuess"]
     if reconstruction.shape != target.shape:
         raise ValueError(
             f"reconstruction {reconstruction.shape} and objectGuess {target.shape} "
             "are not on the same grid"
         )
-    patch_size = arrays["reconstructed_probe"].shape[-1]
-    region = m.scanned_region(
-        arrays["xcoords"],
-        arrays["ycoords"],
-        patch_size,
-        target.shape,
-        params["crop_margin"] * patch_size,
+    footing = job_footing(
+        members, arrays["pattern_index"], params["illumination_fraction"]
     )
-    fit = {
+    region = m.mask_region(footing.mask)
+    found: dict[str, Any] = {
+        "ground_truth": has_ground_truth(members),
+        "region": list(region),
+        "scan": scan_summary(footing, region, record, params),
         "n_patterns": len(arrays["pattern_index"]),
         "data_fit": m.data_fit(arrays["loss"]),
+        "convergence": {
+            "epochs_run": record.epochs_run,
+            "stop_reason": record.stop_reason,
+            "converged": record.converged,
+        },
     }
-    if not has_ground_truth(truth, params["flat_tolerance"]):
-        return {"ground_truth": False, "region": list(region), **fit}
-    compared = m.compare(reconstruction, target, region, params["upsample_factor"])
-    return {"ground_truth": True, "region": list(region), **compared, **fit}
+    if "half_objects" in arrays:
+        first, second = arrays["half_objects"]
+        found["half_dataset_frc"] = m.half_dataset_frc(
+            first, second, footing.mask, params["upsample_factor"]
+        )
+    if found["ground_truth"]:
+        found |= m.compare(
+            reconstruction, target, footing.mask, params["upsample_factor"]
+        )
+        found["noise_floor"] = {"phase": footing.noise_floor()}
+    return {**found, "flags": flags(found, record, params)}
 
 
-def has_ground_truth(members: Mapping[str, np.ndarray], tolerance: float) -> bool:
-    """False for measured data: ``_metadata`` says so, or objectGuess is flat."""
-    flagged = read_metadata(members).get("ground_truth", True) is False
-    return not flagged and not m.is_flat(members["objectGuess"], tolerance)
+def scan_summary(
+    footing: Footing,
+    region: Sequence[int],
+    record: JobRecord,
+    params: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Where the beam was: the lit pixels, the photons they got, the scan's overlap."""
+    lit = int(footing.mask.sum())
+    return {
+        "illumination_fraction": params["illumination_fraction"],
+        "lit_px": lit,
+        "lit_fraction_of_region": lit / float(m.crop(footing.mask, region).size),
+        "photons_per_pattern": footing.photons_per_pattern,
+        "photons_per_px2": float(footing.photons[footing.mask].mean()),
+        "overlap": record.overlap,
+        "probe_diameter_px": record.probe_diameter_px,
+    }
+
+
+def flags(
+    found: Mapping[str, Any], record: JobRecord, params: Mapping[str, Any]
+) -> list[str]:
+    """What makes this job's numbers doubtful, in words (empty: nothing)."""
+    words = []
+    if found["ground_truth"]:
+        mae, null = found["phase"]["mae"], found["null"]["phase"]["mae"]
+        if not mae < null:
+            words.append(
+                f"phase MAE {mae:.4f} rad is not below the null reference "
+                f"{null:.4f} rad (a flat object, no reconstruction): nothing was "
+                "recovered on the lit pixels"
+            )
+        alignment = m.Alignment.from_dict(found["alignment"])
+        words += alignment.excess(
+            params["max_shift_px"], params["max_phase_ramp_rad_per_px"]
+        )
+    if record.converged is False:
+        words.append(not_converged(record))
+    if record.overlap == 0:
+        words.append(beam.overlap_warning(0.0))
+    return words
+
+
+def not_converged(record: JobRecord) -> str:
+    """Why a job's reconstruction did not converge, in words."""
+    if record.stop_reason == StopReason.RISING.value:
+        return (
+            f"not converged: the loss was rising when the job stopped after "
+            f"{record.epochs_run} epochs"
+        )
+    return (
+        f"not converged: stopped by the epoch cap ({record.epochs_run} epochs) while "
+        "the loss was still improving; raise "
+        "ptychi_baseline.lsqml.reconstructor_options.num_epochs"
+    )
 
 
 def manifest_section(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -108,8 +188,17 @@ def manifest_section(metrics: dict[str, Any]) -> dict[str, Any]:
         headline["data_fit"] = {
             k: v for k, v in headline["data_fit"].items() if k != "loss"
         }
+    if "half_dataset_frc" in headline:
+        headline["half_dataset_frc"] = {
+            k: v
+            for k, v in headline["half_dataset_frc"].items()
+            if k not in ("frequency_cycles_per_px", "curve")
+        }
     if "alignment" in metrics:
         headline["shift_px"] = metrics["alignment"]["shift_px"]
+        headline["phase_ramp_rad_per_px"] = metrics["alignment"][
+            "phase_ramp_rad_per_px"
+        ]
     return headline
 
 
@@ -128,7 +217,7 @@ def collect_metrics(*metrics: dict[str, Any], jobs: Sequence[Job]) -> list[dict]
 
 
 def metrics_table(all_metrics: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """Tidy: one row per job and ground-truth metric, amplitude and phase side by side."""
+    """Tidy: a row per job and metric; the score beside the null and the noise floor."""
     rows = [
         {
             "dose": job["dose"],
@@ -137,6 +226,9 @@ def metrics_table(all_metrics: Sequence[dict[str, Any]]) -> pd.DataFrame:
             "metric": name,
             "amplitude": job["amplitude"][name],
             "phase": job["phase"][name],
+            "null_amplitude": job["null"]["amplitude"][name],
+            "null_phase": job["null"]["phase"][name],
+            "phase_noise_floor": job["noise_floor"]["phase"].get(name),
         }
         for job in all_metrics
         if job.get("ground_truth")
@@ -164,114 +256,3 @@ def aligned_phases(
         else:
             phases[job.namespace] = np.angle(m.crop(image, metrics["region"]))
     return phases
-
-
-def summary_report(all_metrics: Sequence[dict[str, Any]]) -> str:
-    """The study's results as Markdown: per-job table, science check, what is missing."""
-    measured = [job for job in all_metrics if job.get("ground_truth")]
-    fit_only = [
-        job
-        for job in all_metrics
-        if job.get("evaluated") and not job.get("ground_truth")
-    ]
-    missing = [job for job in all_metrics if not job.get("evaluated")]
-    lines = [
-        "# LSQML baseline: study summary",
-        "",
-        f"{len(all_metrics)} jobs: {len(measured)} measured against the ground truth, "
-        f"{len(fit_only)} on data fit only (no ground truth), {len(missing)} not "
-        "evaluated.",
-        "",
-    ]
-    if measured:
-        lines += ["## Against the ground truth", "", *_measured_table(measured), ""]
-        lines += ["## Science check", "", *science_check(measured), ""]
-    if fit_only:
-        lines += ["## Data fit only (no ground truth)", "", *_fit_table(fit_only), ""]
-    if missing:
-        lines += ["## Not evaluated", ""]
-        lines += [f"- `{job['namespace']}`: {job['reason']}" for job in missing]
-        lines += [""]
-    lines += [
-        "Phase and amplitude are compared over the scanned region after subpixel "
-        "registration, removal of the global phase and linear phase ramp, and "
-        "amplitude scaling. SSIM uses a Gaussian window (sigma 1.5); MS-SSIM is the "
-        "weighted product of SSIM over five dyadic scales. FRC columns give where the "
-        "Fourier ring correlation with the ground truth falls below the threshold, "
-        "as a fraction of Nyquist (1.0: never). Per-job details: `metrics.json` in "
-        "each job folder; every number: `metrics.csv`.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-MEASURED_COLUMNS = (
-    ("phase", "mae", "phase MAE (rad)", "{:.4f}"),
-    ("phase", "ssim", "phase SSIM", "{:.3f}"),
-    ("phase", "ms_ssim", "phase MS-SSIM", "{:.3f}"),
-    ("phase", "frc_0.5", "phase FRC 0.5", "{:.2f}"),
-    ("phase", "frc_1/7", "phase FRC 1/7", "{:.2f}"),
-    ("amplitude", "mae", "amplitude MAE", "{:.4f}"),
-    ("amplitude", "ssim", "amplitude SSIM", "{:.3f}"),
-)
-
-
-def _measured_table(jobs: Sequence[dict[str, Any]]) -> list[str]:
-    header = ["dose", "view", "split", *(c[2] for c in MEASURED_COLUMNS), "final loss"]
-    rows = [
-        [
-            dose_label(job["dose"]),
-            job["view"],
-            job["split"],
-            *(fmt.format(job[part][key]) for part, key, _, fmt in MEASURED_COLUMNS),
-            f"{job['data_fit']['final_loss']:.4g}",
-        ]
-        for job in jobs
-    ]
-    return _markdown_table(header, rows)
-
-
-def _fit_table(jobs: Sequence[dict[str, Any]]) -> list[str]:
-    header = ["dose", "view", "split", "patterns", "epochs", "final loss"]
-    rows = [
-        [
-            dose_label(job["dose"]),
-            job["view"],
-            job["split"],
-            str(job["n_patterns"]),
-            str(job["data_fit"]["epochs"]),
-            f"{job['data_fit']['final_loss']:.4g}",
-        ]
-        for job in jobs
-    ]
-    return _markdown_table(header, rows)
-
-
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    numeric = ["---:" if i >= 3 else "---" for i in range(len(header))]
-    return [
-        "| " + " | ".join(header) + " |",
-        "| " + " | ".join(numeric) + " |",
-        *("| " + " | ".join(row) + " |" for row in rows),
-    ]
-
-
-def science_check(measured: Sequence[dict[str, Any]]) -> list[str]:
-    """Whether the baseline view's phase MAE falls from the lowest to the highest dose."""
-    lines = []
-    for split in sorted({job["split"] for job in measured}):
-        baseline = sorted(
-            (job["dose"], job["phase"]["mae"])
-            for job in measured
-            if job["view"] == "baseline" and job["split"] == split
-        )
-        if len(baseline) < 2:
-            continue
-        (low, low_mae), (high, high_mae) = baseline[0], baseline[-1]
-        verdict = "falls" if high_mae < low_mae else "does NOT fall"
-        lines.append(
-            f"- baseline view, {split} split: phase MAE {verdict} from "
-            f"{low_mae:.4f} rad at dose {dose_label(low)} to {high_mae:.4f} rad at "
-            f"dose {dose_label(high)}."
-        )
-    return lines or ["- fewer than two doses of the baseline view were measured."]

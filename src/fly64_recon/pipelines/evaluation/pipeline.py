@@ -14,8 +14,8 @@ from fly64_recon.pipelines.evaluation.nodes import (
     evaluate,
     metrics_table,
     report_metrics,
-    summary_report,
 )
+from fly64_recon.pipelines.evaluation.report import summary_report
 from fly64_recon.study import Job, StudyDesign
 
 

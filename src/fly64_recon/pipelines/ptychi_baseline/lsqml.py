@@ -197,10 +197,11 @@ def run_lsqml(
     inputs: PtychiInputs,
     options: Any,
     device: str,
-    on_epoch: Callable[[int, float], None] | None = None,
+    on_epoch: Callable[[np.ndarray], bool] | None = None,
     cpu_threads: int | None = None,
 ) -> LSQMLResult:
-    """Run LSQML for ``options``' epochs; torch's process-wide state is left as found."""
+    """Run LSQML for ``options``' epochs, or until ``on_epoch`` (given the loss per
+    epoch so far) says stop; torch's process-wide state is left as found."""
     import torch  # noqa: PLC0415 - see the module docstring
     from ptychi.api.task import PtychographyTask
 
@@ -241,15 +242,17 @@ def run_lsqml(
 
 
 def _run_epochs(
-    task: Any, num_epochs: int, on_epoch: Callable[[int, float], None] | None
+    task: Any, num_epochs: int, on_epoch: Callable[[np.ndarray], bool] | None
 ) -> None:
+    """Up to ``num_epochs``; ``on_epoch`` sees the loss so far and may stop the run."""
     if on_epoch is None:
         task.run()
         return
-    table = task.reconstructor.loss_tracker.table
-    for epoch in range(num_epochs):
+    for _ in range(num_epochs):
         task.run(n_epochs=1)
-        on_epoch(epoch, float(table["loss"].iloc[-1]))
+        loss = task.reconstructor.loss_tracker.table["loss"].to_numpy(np.float64)
+        if on_epoch(loss):
+            return
 
 
 @contextlib.contextmanager

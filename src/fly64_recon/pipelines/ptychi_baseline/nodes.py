@@ -20,13 +20,16 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from fly64_recon import beam
 from fly64_recon.contract import ContractError, read_metadata, validate
+from fly64_recon.convergence import StoppingRule
 from fly64_recon.datasets.job_folder import JobArtifacts
 from fly64_recon.datasets.npz import NPZFormatError, NPZSource
 from fly64_recon.pipelines.ptychi_baseline import lsqml
 from fly64_recon.pipelines.ptychi_baseline.figures import job_figure
 from fly64_recon.pipelines.ptychi_baseline.options import BaselineOptions
 from fly64_recon.record import JobRecord, JobStatus, current_worker
+from fly64_recon.scoring import has_ground_truth, photons_per_pattern
 from fly64_recon.study import Job
 
 logger = logging.getLogger(__name__)
@@ -143,8 +146,13 @@ def _run_job(
     indices = subsample(total, options)
     rows = _rows(indices, total)
     record = replace(
-        record, n_patterns=len(indices), n_patterns_total=total, started_at=_now()
+        record,
+        n_patterns=len(indices),
+        n_patterns_total=total,
+        half_dataset=options.half_dataset(has_ground_truth(arrays)),
+        started_at=_now(),
     )
+    rule = options.stopping_rule()
     try:
         device = lsqml.resolve_device(options.device)
         record = replace(record, device=device)
@@ -152,6 +160,7 @@ def _run_job(
         # The record says what pty-chi ran with, its defaults included.
         ran = ptychi_options.reconstructor_options
         record = replace(record, num_epochs=ran.num_epochs, batch_size=ran.batch_size)
+        record = describe_scan(record, arrays, rows, options.illumination_fraction)
         inputs = lsqml.to_ptychi_inputs(
             arrays["diffraction"][rows],
             arrays["probeGuess"],
@@ -161,10 +170,20 @@ def _run_job(
             read_metadata(arrays).get("intensity_scale", 1.0),
             options.object_init,
         )
-        result = lsqml.run_lsqml(
-            inputs, ptychi_options, device, _check_finite, options.cpu_threads
+
+        def reconstruct_from(part: lsqml.PtychiInputs) -> lsqml.LSQMLResult:
+            result = lsqml.run_lsqml(
+                part, ptychi_options, device, EpochMonitor(rule), options.cpu_threads
+            )
+            _check_result(result)
+            return result
+
+        result = reconstruct_from(inputs)
+        halves = (
+            [reconstruct_from(half).object for half in interleaved_halves(inputs)]
+            if record.half_dataset
+            else None
         )
-        _check_result(result)
     except Exception as error:  # noqa: BLE001 - any failure is this job's, not the study's
         logger.error("%s failed:\n%s", checked.job.namespace, traceback.format_exc())
         reason = failure_reason(error, record.batch_size)
@@ -175,6 +194,7 @@ def _run_job(
     x, y = lsqml.from_ptychi_positions(
         result.position_x_px, result.position_y_px, arrays["objectGuess"].shape
     )
+    verdict = rule.final(result.loss)
     succeeded = replace(
         record,
         status=JobStatus.SUCCEEDED,
@@ -182,6 +202,9 @@ def _run_job(
         wall_time_s=result.wall_time_s,
         peak_gpu_memory_mb=result.peak_gpu_memory_mb,
         final_loss=float(result.loss[-1]),
+        epochs_run=verdict.epochs_run,
+        stop_reason=verdict.stop_reason.value,
+        converged=verdict.converged,
         finished_at=_now(),
     )
     made = {
@@ -192,7 +215,63 @@ def _run_job(
         "pattern_index": indices,
         "loss": result.loss,
     }
+    if halves is not None:
+        made["half_objects"] = np.stack(halves).astype(np.complex64)
     return succeeded, made
+
+
+@dataclass(frozen=True)
+class EpochMonitor:
+    """After each epoch: a non-finite loss fails the job; the stopping rule may end it."""
+
+    rule: StoppingRule
+
+    def __call__(self, loss: np.ndarray) -> bool:
+        _check_finite(len(loss) - 1, float(loss[-1]))
+        return self.rule.check(loss) is not None
+
+
+def describe_scan(
+    record: JobRecord,
+    arrays: Mapping[str, np.ndarray],
+    rows: np.ndarray | slice,
+    fraction: float,
+) -> JobRecord:
+    """The record with the job's measured overlap and photons (a warning at no overlap)."""
+    scale = float(read_metadata(arrays).get("intensity_scale", 1.0))
+    photons = photons_per_pattern(arrays["diffraction"][rows], scale)
+    scan = beam.describe_scan(
+        arrays["probeGuess"],
+        arrays["xcoords"][rows],
+        arrays["ycoords"][rows],
+        arrays["objectGuess"].shape,
+        photons,
+        fraction,
+    )
+    warning = beam.overlap_warning(scan["overlap"])
+    if warning:
+        logger.warning("%s: %s", record.namespace, warning)
+    return replace(
+        record,
+        probe_diameter_px=scan["probe_diameter_px"],
+        overlap=scan["overlap"],
+        photons_per_pattern=photons,
+        photons_per_px2=scan["photons_per_px2"],
+        warnings=[*record.warnings, *([warning] if warning else [])],
+    )
+
+
+def interleaved_halves(inputs: lsqml.PtychiInputs) -> list[lsqml.PtychiInputs]:
+    """The even and the odd patterns, each a reconstruction's input of its own."""
+    return [
+        replace(
+            inputs,
+            intensities=np.ascontiguousarray(inputs.intensities[start::2]),
+            position_x_px=inputs.position_x_px[start::2],
+            position_y_px=inputs.position_y_px[start::2],
+        )
+        for start in (0, 1)
+    ]
 
 
 def subsample(n_patterns: int, options: BaselineOptions) -> np.ndarray:

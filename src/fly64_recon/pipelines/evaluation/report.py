@@ -1,0 +1,266 @@
+"""The study summary in words: ``study_summary.md`` from every job's metrics.
+
+Every score is read beside its references on the same lit pixels: the null reference
+(a flat object: no reconstruction at all) and the shot-noise floor. Below the first,
+above the second; the gap between is what convergence and the engine decide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from statistics import mean
+from typing import Any
+
+from fly64_recon.study import VIEWS, dose_label
+
+Job = dict[str, Any]
+
+
+def summary_report(all_metrics: Sequence[Job]) -> str:
+    """The study's results as Markdown: tables, flags, science check, what is missing."""
+    measured = [job for job in all_metrics if job.get("ground_truth")]
+    evaluated = [job for job in all_metrics if job.get("evaluated")]
+    fit_only = [job for job in evaluated if not job.get("ground_truth")]
+    missing = [job for job in all_metrics if not job.get("evaluated")]
+    lines = [
+        "# LSQML baseline: study summary",
+        "",
+        f"{len(all_metrics)} jobs: {len(measured)} measured against the ground truth, "
+        f"{len(fit_only)} on data fit only (no ground truth), {len(missing)} not "
+        "evaluated.",
+        "",
+    ]
+    if measured:
+        lines += [
+            "## Against the ground truth, where the beam was",
+            "",
+            *_measured_table(measured),
+            "",
+        ]
+    if evaluated:
+        lines += [
+            "## The views, as the beam saw them",
+            "",
+            *_views_table(evaluated),
+            "",
+        ]
+        lines += ["## Flags", "", *_flag_lines(evaluated), ""]
+        lines += ["## Convergence", "", *_convergence_lines(evaluated), ""]
+    if measured:
+        lines += ["## Science check", "", *science_check(measured), ""]
+    halves = [job for job in evaluated if "half_dataset_frc" in job]
+    if halves:
+        lines += ["## Half-dataset FRC", "", *_half_table(halves), ""]
+    if fit_only:
+        lines += ["## Data fit only (no ground truth)", "", *_fit_table(fit_only), ""]
+    if missing:
+        lines += ["## Not evaluated", ""]
+        lines += [f"- `{job['namespace']}`: {job['reason']}" for job in missing]
+        lines += [""]
+    lines += [NOTES, ""]
+    return "\n".join(lines)
+
+
+NOTES = (
+    "Every ground-truth number is measured inside the job's illumination mask (the "
+    "summed |probe|^2 over the job's positions at or above `illumination_fraction` of "
+    "its maximum) after subpixel registration, removal of the global phase and linear "
+    "phase ramp, and amplitude scaling. *null* is the same metric for a flat object "
+    "(no reconstruction) on the same mask; *floor* is the shot-noise limit of the "
+    "phase MAE, sqrt(2/pi) / (2 sqrt(n)) averaged over the mask for n photons per lit "
+    "pixel (see docs/metrics.md). A score is evidence only between the two. FRC 0.5 "
+    "is where the Fourier ring correlation with the ground truth falls below 0.5, as "
+    "a fraction of Nyquist (1.0: never). Overlap is the mean disc-overlap fraction of "
+    "each position with its 6 nearest neighbours, for a disc of the probe's FWHM. "
+    "Per-job details: `metrics.json` in each job folder; every number: `metrics.csv`."
+)
+
+MEASURED_COLUMNS: tuple[tuple[str, Callable[[Job], str]], ...] = (
+    ("phase MAE (rad)", lambda j: f"{j['phase']['mae']:.4f}"),
+    ("null", lambda j: f"{j['null']['phase']['mae']:.4f}"),
+    ("floor", lambda j: f"{j['noise_floor']['phase']['mae']:.4f}"),
+    ("MAE / null", lambda j: f"{j['phase']['mae'] / j['null']['phase']['mae']:.2f}"),
+    (
+        "MAE / floor",
+        lambda j: f"{j['phase']['mae'] / j['noise_floor']['phase']['mae']:.1f}",
+    ),
+    ("phase SSIM", lambda j: f"{j['phase']['ssim']:.3f}"),
+    ("phase FRC 0.5", lambda j: f"{j['phase']['frc_0.5']:.2f}"),
+    ("amplitude MAE", lambda j: f"{j['amplitude']['mae']:.4f}"),
+    ("amplitude null", lambda j: f"{j['null']['amplitude']['mae']:.4f}"),
+)
+
+
+def _measured_table(jobs: Sequence[Job]) -> list[str]:
+    header = ["dose", "view", "split", *(name for name, _ in MEASURED_COLUMNS)]
+    rows = [
+        [
+            _dose(job),
+            job["view"],
+            job["split"],
+            *(cell(job) for _, cell in MEASURED_COLUMNS),
+        ]
+        for job in jobs
+    ]
+    return _markdown_table(header, rows)
+
+
+def _views_table(jobs: Sequence[Job]) -> list[str]:
+    """Per view: measured overlap, probe diameter, and photons per lit pixel per dose."""
+    doses = sorted({job["dose"] for job in jobs})
+    header = [
+        "view",
+        "overlap",
+        "probe FWHM (px)",
+        *(f"photons/px² at {dose_label(d)}" for d in doses),
+    ]
+    rows = []
+    for view in _views(jobs):
+        in_view = [job for job in jobs if job["view"] == view]
+        photons = [
+            _mean(job["scan"]["photons_per_px2"] for job in in_view if job["dose"] == d)
+            for d in doses
+        ]
+        rows.append(
+            [
+                view,
+                _fmt(_mean(job["scan"]["overlap"] for job in in_view), "{:.3f}"),
+                _fmt(
+                    _mean(job["scan"]["probe_diameter_px"] for job in in_view), "{:.1f}"
+                ),
+                *(_fmt(p, "{:.3g}") for p in photons),
+            ]
+        )
+    return _markdown_table(header, rows, first_text=1)
+
+
+def _flag_lines(jobs: Sequence[Job]) -> list[str]:
+    flagged = [
+        f"- `{job['namespace']}`: {flag}." for job in jobs for flag in job["flags"]
+    ]
+    return flagged or ["No job is flagged."]
+
+
+def _convergence_lines(jobs: Sequence[Job]) -> list[str]:
+    """Which jobs stopped because the loss stopped improving, and which did not."""
+    stopped = [job for job in jobs if job.get("convergence", {}).get("converged")]
+    rest = [job for job in jobs if job not in stopped]
+    epochs = [job["data_fit"]["epochs"] for job in jobs]
+    lines = [
+        f"{len(stopped)} of {len(jobs)} evaluated jobs converged (the loss stopped "
+        f"improving before the epoch cap); epochs run: {min(epochs)}-{max(epochs)}."
+    ]
+    lines += [
+        f"- `{job['namespace']}` did not converge: "
+        f"{job.get('convergence', {}).get('stop_reason', 'unknown')} after "
+        f"{job['data_fit']['epochs']} epochs."
+        for job in rest
+    ]
+    return lines
+
+
+def science_check(measured: Sequence[Job]) -> list[str]:
+    """Per view: does the phase MAE fall with dose; at the top dose, beside the null."""
+    lines = []
+    top = max(job["dose"] for job in measured)
+    for view in _views(measured):
+        by_dose = _mean_by_dose(measured, view)
+        if len(by_dose) < 2:
+            continue
+        (low, low_mae), (high, high_mae) = by_dose[0], by_dose[-1]
+        verdict = "falls" if high_mae < low_mae else "does NOT fall"
+        lines.append(
+            f"- {view} view: phase MAE {verdict} from {low_mae:.4f} rad at dose "
+            f"{dose_label(low)} to {high_mae:.4f} rad at dose {dose_label(high)} "
+            "(mean of the splits)."
+        )
+    for view in _views(measured):
+        at_top = [j for j in measured if j["view"] == view and j["dose"] == top]
+        if not at_top:
+            continue
+        to_null = _mean(j["phase"]["mae"] / j["null"]["phase"]["mae"] for j in at_top)
+        to_floor = _mean(
+            j["phase"]["mae"] / j["noise_floor"]["phase"]["mae"] for j in at_top
+        )
+        where = "below" if to_null < 1 else "NOT below"
+        lines.append(
+            f"- {view} view at dose {dose_label(top)}: {where} the null reference "
+            f"({to_null:.2f}x the flat object's phase MAE, {to_floor:.1f}x the noise "
+            "floor)."
+        )
+    return lines or ["- fewer than two doses were measured."]
+
+
+def _half_table(jobs: Sequence[Job]) -> list[str]:
+    header = ["dose", "view", "split", "FRC 1/7", "FRC half-bit"]
+    rows = [
+        [
+            _dose(job),
+            job["view"],
+            job["split"],
+            f"{job['half_dataset_frc']['frc_1/7']:.2f}",
+            f"{job['half_dataset_frc']['frc_half_bit']:.2f}",
+        ]
+        for job in jobs
+    ]
+    return _markdown_table(header, rows)
+
+
+def _fit_table(jobs: Sequence[Job]) -> list[str]:
+    header = ["dose", "view", "split", "patterns", "epochs", "final loss"]
+    rows = [
+        [
+            _dose(job),
+            job["view"],
+            job["split"],
+            str(job["n_patterns"]),
+            str(job["data_fit"]["epochs"]),
+            f"{job['data_fit']['final_loss']:.4g}",
+        ]
+        for job in jobs
+    ]
+    return _markdown_table(header, rows)
+
+
+def _markdown_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], first_text: int = 3
+) -> list[str]:
+    align = ["---:" if i >= first_text else "---" for i in range(len(header))]
+    return [
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(align) + " |",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def _mean_by_dose(jobs: Sequence[Job], view: str) -> list[tuple[float, float]]:
+    doses = sorted({job["dose"] for job in jobs if job["view"] == view})
+    return [
+        (
+            dose,
+            _mean(
+                j["phase"]["mae"]
+                for j in jobs
+                if j["view"] == view and j["dose"] == dose
+            ),
+        )
+        for dose in doses
+    ]
+
+
+def _views(jobs: Sequence[Job]) -> list[str]:
+    present = {job["view"] for job in jobs}
+    return [view for view in VIEWS if view in present]
+
+
+def _mean(values: Any) -> float | None:
+    found = [v for v in values if v is not None]
+    return mean(found) if found else None
+
+
+def _fmt(value: float | None, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _dose(job: Job) -> str:
+    return dose_label(job["dose"])
