@@ -22,7 +22,8 @@ def tiny_simulate_params(
         "seed": 42,
         "patch_size": patch_size,
         "object_shape": [object_size, object_size],
-        "probe": {"aperture": 0.25, "central_stop": 0.3, "beam_diameter": 0.4},
+        # A beam wider than the scan step (FWHM 8 px at N = 16, 20 px at N = 32): overlap.
+        "probe": {"aperture": 0.5, "central_stop": 0.3, "beam_diameter": 0.8},
         "object": {
             "spokes": 12,
             "star_radius": 0.6,
@@ -87,8 +88,9 @@ TINY_ENV = "tiny"
 TINY_DOSES = (1000.0, 100000.0)
 TINY_SIMULATE = {
     "patch_size": 16,
-    "object_shape": [112, 112],
-    "probe": {"aperture": 0.5, "beam_diameter": 0.5},
+    "object_shape": [56, 56],
+    # The embedded study in miniature: an 8 px beam, 3.5 px scan steps.
+    "probe": {"aperture": 0.5, "central_stop": 0.3, "beam_diameter": 0.8},
     "scan": {"rows": 12, "points_per_row": 12, "n_positions": 144},
     "chunk_size": 32,
     "min_view_positions": 5,

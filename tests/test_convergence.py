@@ -6,24 +6,31 @@ from fly64_recon.convergence import StoppingRule, StopReason
 
 
 def test_an_improving_loss_keeps_going():
-    rule = StoppingRule(window=3, tolerance=0.01)
-    assert rule.check([10.0, 9.0]) is None  # fewer epochs than the window
-    assert rule.check([10.0, 9.0, 8.0, 7.0]) is None  # 30% over 3 epochs
+    rule = StoppingRule(window=2, tolerance=0.01)
+    # The first epoch (LSQML's probe rescale) is left out; then two blocks of two.
+    assert rule.check([99.0, 10.0, 9.0, 8.0]) is None  # too few epochs
+    assert rule.check([99.0, 10.0, 9.0, 8.0, 7.0]) is None  # 9.5 -> 7.5
 
 
 def test_a_flat_loss_has_converged():
-    rule = StoppingRule(window=3, tolerance=0.01)
+    rule = StoppingRule(window=2, tolerance=0.01)
 
-    verdict = rule.check([10.0, 5.0, 4.0, 4.0, 3.99, 3.985])
+    verdict = rule.check([99.0, 4.0, 4.02, 3.99, 4.0])
 
     assert verdict is not None and verdict.converged
     assert verdict.stop_reason is StopReason.PLATEAU
-    assert verdict.epochs_run == 6
-    assert verdict.relative_improvement == pytest.approx((4.0 - 3.985) / 4.0)
+    assert verdict.epochs_run == 5
+    assert verdict.relative_improvement == pytest.approx((4.01 - 3.995) / 4.01)
+
+
+def test_block_means_see_through_epoch_to_epoch_scatter():
+    # Falling 5 % a block while single epochs jump by more than that.
+    loss = [99.0, 10.0, 9.0, 10.3, 8.5, 9.7, 8.1]
+    assert StoppingRule(window=3, tolerance=0.01).check(loss) is None
 
 
 def test_a_rising_loss_stops_without_converging():
-    verdict = StoppingRule(window=2, tolerance=0.01).check([5.0, 4.0, 4.5, 4.8])
+    verdict = StoppingRule(window=2, tolerance=0.01).check([99.0, 4.0, 4.0, 4.5, 4.8])
 
     assert verdict.stop_reason is StopReason.RISING and not verdict.converged
 
@@ -31,16 +38,17 @@ def test_a_rising_loss_stops_without_converging():
 def test_the_cap_reached_while_improving_is_not_converged():
     rule = StoppingRule(window=2, tolerance=0.01)
 
-    verdict = rule.final([10.0, 8.0, 6.0, 4.0])
+    verdict = rule.final([99.0, 10.0, 8.0, 6.0, 4.0])
 
     assert verdict.stop_reason is StopReason.EPOCH_CAP and not verdict.converged
     assert verdict.to_dict() == {
-        "epochs_run": 4,
+        "epochs_run": 5,
         "stop_reason": "epoch_cap",
         "converged": False,
-        "relative_improvement": pytest.approx((8 - 4) / 8),
+        "relative_improvement": pytest.approx((9 - 5) / 9),
     }
-    assert rule.final([4.0, 4.0, 4.0]).converged  # flat when the cap came
+    assert rule.final([99.0, 4.0, 4.0, 4.0, 4.0]).converged  # flat when the cap came
+    assert rule.final([99.0, 4.0]).relative_improvement is None  # too short to tell
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from fly64_recon.datasets import JobArtifacts, JobFolderDataset, NPZSource, npz_
 from fly64_recon.pipelines.ptychi_baseline import lsqml, nodes
 from fly64_recon.pipelines.ptychi_baseline.options import BaselineOptions
 from fly64_recon.record import JobStatus
+from fly64_recon.scoring import has_ground_truth
 from fly64_recon.study import Job
 
 JOB = Job(1000.0, "dense", "test")
@@ -190,3 +191,125 @@ def test_a_failed_rerun_keeps_the_earlier_reconstruction(empty_folder):
     np.testing.assert_array_equal(folder.arrays["reconstructed_object"], 1)
     record_file = f"{empty_folder.folder}/job.json"
     assert json.loads(open(record_file).read())["reason"] == "NaN"
+
+
+def test_a_job_stops_when_its_loss_stops_improving(source, empty_folder):
+    capped = {"reconstructor_options": {"num_epochs": 40, "batch_size": 16}}
+    params = {**PARAMS, "lsqml": capped, "convergence": {"window": 2, "tolerance": 0.5}}
+
+    out = nodes.reconstruct(
+        nodes.validate_input(source, params, JOB), empty_folder.load()
+    )
+
+    record = out.record
+    assert record["converged"] is True and record["stop_reason"] == "loss_plateau"
+    assert record["epochs_run"] == len(out.arrays["loss"]) < 40
+    assert record["num_epochs"] == 40  # the cap, as pty-chi was told
+
+
+def test_a_job_stopped_by_the_cap_while_improving_is_not_converged(
+    source, empty_folder
+):
+    params = {**PARAMS, "convergence": {"window": 1, "tolerance": 0.0}}
+
+    out = nodes.reconstruct(
+        nodes.validate_input(source, params, JOB), empty_folder.load()
+    )
+
+    assert out.record["epochs_run"] == 2
+    assert out.record["stop_reason"] == "epoch_cap"
+    assert out.record["converged"] is False
+
+
+def test_the_record_says_how_the_beam_saw_the_scan(source, empty_folder, study_file):
+    out = nodes.reconstruct(
+        nodes.validate_input(source, PARAMS, JOB), empty_folder.load()
+    )
+
+    record = out.record
+    assert record["probe_diameter_px"] > 0 and 0 < record["overlap"] < 1
+    scale = json.loads(str(study_file["_metadata"]))["intensity_scale"]
+    counts = (study_file["diffraction"].astype(np.float64) * scale) ** 2
+    expected = counts.sum(axis=(1, 2)).mean()
+    assert record["photons_per_pattern"] == pytest.approx(expected, rel=1e-5)
+    assert record["photons_per_px2"] > 0
+
+
+def test_a_scan_without_overlap_warns_in_the_record(tmp_path, study_file, empty_folder):
+    corners = np.array([8.0, 40.0, 8.0, 40.0]), np.array([8.0, 8.0, 40.0, 40.0])
+    apart = {
+        **study_file,
+        "diffraction": study_file["diffraction"][:4],
+        "xcoords": corners[0],
+        "ycoords": corners[1],
+        "scan_index": study_file["scan_index"][:4],
+    }
+    path = tmp_path / "apart.npz"
+    path.write_bytes(npz_bytes(apart))
+    checked = nodes.validate_input(NPZSource(str(path)), PARAMS, JOB)
+
+    out = nodes.reconstruct(checked, empty_folder.load())
+
+    assert out.record["overlap"] == 0.0
+    assert any("overlap is 0" in warning for warning in out.record["warnings"])
+
+
+def test_half_dataset_reconstructions_when_asked(source, empty_folder):
+    params = {**PARAMS, "half_dataset_frc": True}
+
+    out = nodes.reconstruct(
+        nodes.validate_input(source, params, JOB), empty_folder.load()
+    )
+
+    halves = out.arrays["half_objects"]
+    assert out.record["half_dataset"] is True
+    assert halves.shape == (2, 48, 48) and halves.dtype == np.complex64
+    assert not np.allclose(halves[0], halves[1])  # different patterns, different noise
+
+
+def test_half_dataset_auto_is_on_only_without_ground_truth(tmp_path, study_file):
+    measured = dict(study_file, objectGuess=np.ones_like(study_file["objectGuess"]))
+    options = BaselineOptions.from_params(PARAMS)
+
+    assert options.half_dataset(has_ground_truth(measured)) is True
+    assert options.half_dataset(has_ground_truth(study_file)) is False
+    with pytest.raises(ValueError, match="half_dataset_frc"):
+        BaselineOptions.from_params({**PARAMS, "half_dataset_frc": "sometimes"})
+    with pytest.raises(ValueError, match="convergence: unknown parameter"):
+        BaselineOptions.from_params({**PARAMS, "convergence": {"windows": 3}})
+
+
+@pytest.mark.parametrize(
+    ("spoil", "key", "fragment"),
+    [
+        (
+            lambda a: {
+                **a,
+                "diffraction": np.fft.ifftshift(a["diffraction"], axes=(1, 2)),
+            },
+            "diffraction",
+            "DC term is in the corner",
+        ),
+        (lambda a: {**a, "probeGuess": a["probeGuess"] * 0}, "probeGuess", "all zero"),
+        (
+            lambda a: {
+                **a,
+                "xcoords": np.full_like(a["xcoords"], 24.0),
+                "ycoords": np.full_like(a["ycoords"], 24.0),
+            },
+            "xcoords",
+            "repeat an earlier",
+        ),
+    ],
+)
+def test_data_that_would_skew_the_numbers_fail_their_job(
+    tmp_path, study_file, spoil, key, fragment
+):
+    path = tmp_path / "skewed.npz"
+    path.write_bytes(npz_bytes(spoil(dict(study_file))))
+
+    checked = nodes.validate_input(NPZSource(str(path)), PARAMS, JOB)
+
+    assert checked.status == "failed"
+    assert str(path) in checked.reason and f"{key}:" in checked.reason
+    assert fragment in checked.reason

@@ -1,11 +1,17 @@
 """When a reconstruction has converged: the loss has stopped improving.
 
-The rule is the engine's loss alone, so it holds for every engine: after each epoch,
-the relative improvement over the last ``window`` epochs,
-``(loss[e - window] - loss[e]) / |loss[e - window]|``, is compared with ``tolerance``.
-Below it the job stops: converged if the loss is flat (within the tolerance), not
+The rule is the engine's loss alone, so it holds for every engine. After each epoch the
+mean loss of the last ``window`` epochs is compared with the mean of the ``window``
+epochs before: their relative improvement ``(before - last) / |before|`` below
+``tolerance`` stops the job, converged if the loss is flat (within the tolerance), not
 converged if it is rising. A job that reaches the epoch cap first was still improving:
 ``converged: false``.
+
+Why block means: with minibatches in random order, the loss scatters from one epoch to
+the next by more than it falls (0.7-9 % at dose 1e5 in the embedded study), so a
+comparison of two single epochs stops jobs whose phase error is still falling fast.
+The first epoch is left out: LSQML spends it rescaling the probe
+(``rescale_probe_intensity_in_first_epoch``).
 """
 
 from __future__ import annotations
@@ -44,9 +50,13 @@ class Verdict:
         }
 
 
+SKIPPED_EPOCHS = 1  # the probe-rescale epoch
+
+
 @dataclass(frozen=True)
 class StoppingRule:
-    """Stop when the loss improved by less than ``tolerance`` over ``window`` epochs."""
+    """Stop when the mean loss of the last ``window`` epochs improved on the mean of the
+    ``window`` before by less than ``tolerance`` (relative)."""
 
     window: int = 10
     tolerance: float = 1e-3
@@ -68,13 +78,15 @@ class StoppingRule:
             )
 
     def improvement(self, loss: Sequence[float]) -> float | None:
-        """Relative improvement over the last ``window`` epochs (None: too few yet)."""
-        if len(loss) <= self.window:
+        """Relative improvement of the last block's mean loss (None: too few epochs)."""
+        usable = list(loss)[SKIPPED_EPOCHS:]
+        if len(usable) < 2 * self.window:
             return None
-        before, now = loss[-1 - self.window], loss[-1]
+        before = sum(usable[-2 * self.window : -self.window]) / self.window
+        last = sum(usable[-self.window :]) / self.window
         if before == 0:
             return 0.0
-        return float((before - now) / abs(before))
+        return float((before - last) / abs(before))
 
     def check(self, loss: Sequence[float]) -> Verdict | None:
         """The verdict once the loss has stopped improving, else None (keep going)."""
