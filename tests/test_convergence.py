@@ -35,6 +35,13 @@ def test_a_rising_loss_stops_without_converging():
     assert verdict.stop_reason is StopReason.RISING and not verdict.converged
 
 
+def test_a_plateau_with_noise_on_it_has_converged():
+    # The last block 1 % worse: minibatch scatter on a flat loss, not a rise.
+    verdict = StoppingRule(window=2, tolerance=0.01).check([99.0, 4.0, 4.0, 4.04, 4.04])
+
+    assert verdict.stop_reason is StopReason.PLATEAU and verdict.converged
+
+
 def test_the_cap_reached_while_improving_is_not_converged():
     rule = StoppingRule(window=2, tolerance=0.01)
 
