@@ -1,6 +1,6 @@
 """The bad-input matrix through one real ``kedro run --pipeline ptychi_baseline``.
 
-A tiny study of five doses (30 jobs) is simulated by the simulate pipeline's own nodes;
+A tiny study of six doses (36 jobs) is simulated by the simulate pipeline's own nodes;
 each bad case below replaces a different job's input file and the rest stay good. The
 pipeline runs once, in a subprocess, for the whole matrix; every case is then a test
 that reads the manifest and the job's folder. Files planted in the artifact tree before
@@ -193,7 +193,7 @@ def plant_reconstruction(study: Study, job: Job) -> None:
 
 # The bad cases.
 
-DESIGN = StudyDesign(doses=(1000.0, 2000.0, 3000.0, 5000.0, 10000.0))
+DESIGN = StudyDesign(doses=(1000.0, 2000.0, 3000.0, 5000.0, 10000.0, 20000.0))
 ENV = "reliability"
 PARAMS = {
     "device": "cpu",
@@ -392,6 +392,27 @@ def cases(marker: Path) -> list[Case]:
             changed(_metadata=lambda a: np.array("{dose: 1000")),
             "_metadata",
             ("not valid JSON",),
+        ),
+        Case(
+            "dc_term_in_the_corner",
+            changed(diffraction=lambda a: np.fft.ifftshift(a, axes=(1, 2))),
+            "diffraction",
+            ("DC term is in the corner",),
+        ),
+        Case(
+            "all_zero_probe",
+            changed(probeGuess=np.zeros_like),
+            "probeGuess",
+            ("is all zero",),
+        ),
+        Case(
+            "repeated_positions",
+            changed(
+                xcoords=lambda a: np.full_like(a, a[0]),
+                ycoords=lambda a: np.full_like(a, a[0]),
+            ),
+            "xcoords",
+            ("repeat an earlier (xcoords, ycoords) exactly",),
         ),
     ]
 
