@@ -10,13 +10,18 @@ from matplotlib.figure import Figure
 from scipy import ndimage
 from test_evaluation_metrics import _noisy, _object
 
+from fly64_recon import metrics as m
 from fly64_recon.datasets import JobArtifacts, NPZSource, npz_bytes
 from fly64_recon.pipelines.comparison import create_pipeline, figures, nodes
 from fly64_recon.study import Job, StudyDesign
 
 JOB = Job(10000.0, "dense", "test")
 PARAMS = {"illumination_fraction": 0.1}
-EVALUATION = {"upsample_factor": 10}
+EVALUATION = {
+    "upsample_factor": 10,
+    "max_shift_px": 0.5,
+    "max_phase_ramp_rad_per_px": 0.05,
+}
 PATCH = 16
 SHAPE = (96, 128)
 TRUTH = _object(SHAPE)
@@ -65,7 +70,9 @@ def _source(tmp_path: Path, truth: np.ndarray = TRUTH, **metadata) -> NPZSource:
     )
 
 
-BASELINE = JobArtifacts({"status": "succeeded"}, _arrays(_noisy(TRUTH, 0.08)))
+BASELINE = JobArtifacts(
+    {"namespace": JOB.namespace, "status": "succeeded"}, _arrays(_noisy(TRUTH, 0.08))
+)
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +203,9 @@ def test_an_unreadable_truth_fails_no_run(tmp_path):
 
 
 def test_a_failed_baseline_is_missing_and_the_models_are_still_scored(tmp_path):
-    failed = JobArtifacts({"status": "failed", "reason": "LSQML diverged"})
+    failed = JobArtifacts(
+        {"namespace": JOB.namespace, "status": "failed", "reason": "LSQML diverged"}
+    )
     model = _write(tmp_path / "m.npz", {"reconstructed_object": BLURRED})
 
     result, _ = nodes.compare(
@@ -244,6 +253,35 @@ def test_the_report_says_which_is_better_and_by_how_much(compared):
     assert "## Not scored" in report
     assert "`absent`: missing: no file at" in report
     assert "`broken`: failed:" in report
+
+
+def test_a_shifted_or_flat_model_is_flagged_in_words(tmp_path):
+    moved = m.shift_complex(BLURRED, (0.0, 1.5))
+    flat = np.ones(SHAPE, dtype=np.complex64)
+    models = [
+        _write(tmp_path / "moved.npz", {"reconstructed_object": moved}),
+        _write(tmp_path / "flat.npz", {"reconstructed_object": flat}),
+    ]
+
+    result, _ = nodes.compare(
+        BASELINE,
+        _source(tmp_path),
+        PARAMS,
+        EVALUATION,
+        *models,
+        job=JOB,
+        names=["moved", "flat"],
+    )
+
+    entries = {e["model"]: e for e in result["models"]}
+    assert entries["ptychi"]["flags"] == []
+    assert entries["moved"]["flags"] == [
+        "registration shifted the reconstruction by 1.50 px (bound 0.5 px): the "
+        "alignment may be spurious"
+    ]
+    assert any("not below the null reference" in f for f in entries["flat"]["flags"])
+    report = nodes.comparison_report([result])
+    assert "## Flags" in report and "`moved`: registration shifted" in report
 
 
 def test_the_verdict_flags_a_model_no_better_than_no_reconstruction():

@@ -469,6 +469,21 @@ def half_dataset_frc(
     }
 
 
+def not_below_null(compared: Mapping[str, Any]) -> str | None:
+    """Words for a phase error that is not below the null reference's (else None).
+
+    Equal to a millionth counts as not below: a flat reconstruction scores the null's
+    error up to rounding.
+    """
+    mae, null = compared["phase"]["mae"], compared["null"]["phase"]["mae"]
+    if mae < null * (1 - 1e-6):
+        return None
+    return (
+        f"phase MAE {mae:.4f} rad is not below the null reference {null:.4f} rad "
+        "(a flat object, no reconstruction): nothing was recovered on the lit pixels"
+    )
+
+
 def data_fit(loss: np.ndarray) -> dict[str, Any]:
     """What the loss curve says about the fit to the measured data."""
     loss = np.asarray(loss, dtype=float)

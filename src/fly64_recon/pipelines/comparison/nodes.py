@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,12 +27,12 @@ from fly64_recon.pipelines.comparison.models import (
     ModelFileError,
     model_on_grid,
 )
+from fly64_recon.record import JobRecord, job_fields
 from fly64_recon.scoring import TRUTH_MEMBERS, Footing, has_ground_truth, job_footing
 from fly64_recon.study import Job, dose_label
 
 logger = logging.getLogger(__name__)
 
-RECONSTRUCTED = ("succeeded", "cached")
 TABLE_COLUMNS = [
     "dose",
     "view",
@@ -61,16 +62,6 @@ class NoGroundTruth(ValueError):
     """The job's input has no ground truth to score against."""
 
 
-def job_fields(job: Job) -> dict[str, Any]:
-    """The job's name and coordinates in the study."""
-    return {
-        "namespace": job.namespace,
-        "dose": job.dose,
-        "view": job.view,
-        "split": job.split,
-    }
-
-
 def open_model(source: NPZSource) -> tuple[dict[str, np.ndarray] | None, dict]:
     """A model file's arrays and its entry, or None and why not."""
     entry = {"path": source.path}
@@ -92,15 +83,16 @@ def open_baseline(
 ) -> tuple[dict[str, np.ndarray] | None, dict]:
     """The job's pty-chi reconstruction and its entry, or None and why not."""
     entry = {"path": f"{job.output_relpath}/{RECONSTRUCTION_FILE}"}
-    status = artifacts.record.get("status")
-    if status in RECONSTRUCTED and artifacts.arrays is not None:
+    record = JobRecord.from_dict(artifacts.record) if artifacts.record else None
+    made = record is not None and record.status.has_reconstruction
+    if made and artifacts.arrays is not None:
         return artifacts.arrays, entry
-    if status is None:
+    if record is None:
         reason = "no job record on disk: the baseline job has not run"
-    elif status in RECONSTRUCTED:
-        reason = f"job {status}, but its reconstruction file is missing"
+    elif made:
+        reason = f"job {record.status}, but its reconstruction file is missing"
     else:
-        reason = f"job {status}: {artifacts.record.get('reason')}"
+        reason = f"job {record.status}: {record.reason}"
     return None, {**entry, "status": "missing", "reason": reason}
 
 
@@ -126,13 +118,17 @@ def compare(
         logger.exception("%s: the ground truth cannot be read", job.namespace)
         why = f"the ground truth cannot be read: {type(error).__name__}: {error}"
         return _not_scored(job, opened, why), {}
-    upsample = evaluation["upsample_factor"]
+    bounds = Bounds(
+        evaluation["upsample_factor"],
+        evaluation["max_shift_px"],
+        evaluation["max_phase_ramp_rad_per_px"],
+    )
     entries, aligned = [], {}
     for name, (arrays, entry) in opened.items():
         found, aligned[name] = (
             (entry, None)
             if arrays is None
-            else score(arrays, entry, truth, footing, upsample)
+            else score(arrays, entry, truth, footing, bounds)
         )
         entries.append({"model": name, **found})
     _warn(job, entries)
@@ -194,18 +190,27 @@ def _warn(job: Job, entries: Sequence[Mapping[str, Any]]) -> None:
             )
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """How finely to register, and the alignment beyond which a score is doubtful."""
+
+    upsample_factor: int
+    max_shift_px: float
+    max_phase_ramp_rad_per_px: float
+
+
 def score(
     arrays: Mapping[str, np.ndarray],
     entry: Mapping[str, Any],
     truth: np.ndarray,
     footing: Footing,
-    upsample_factor: int,
+    bounds: Bounds,
 ) -> tuple[dict[str, Any], tuple[np.ndarray, tuple[int, ...]] | None]:
     """One reconstruction's entry, scored on the job's footing; its aligned region."""
     path = entry["path"]
     try:
         image, scored = model_on_grid(arrays, path, footing.mask)
-        result = m.compare(image, truth, scored, upsample_factor)
+        result = m.compare(image, truth, scored, bounds.upsample_factor)
     except ModelFileError as error:
         return {**entry, "status": "failed", "reason": str(error)}, None
     except Exception as error:  # noqa: BLE001 - one model's scores, not the study's
@@ -213,12 +218,17 @@ def score(
         reason = f"{path}: scoring failed: {type(error).__name__}: {error}"
         return {**entry, "status": "failed", "reason": reason}, None
     alignment = m.Alignment.from_dict(result["alignment"])
+    flags = alignment.excess(bounds.max_shift_px, bounds.max_phase_ramp_rad_per_px)
+    worse = m.not_below_null(result)
+    if worse:
+        flags.append(worse)
     scores = {
         **entry,
         "status": "scored",
         "reason": None,
         "coverage": float(scored.sum() / footing.mask.sum()),
         "noise_floor": footing.noise_floor(scored),
+        "flags": flags,
         **result,
     }
     return scores, (m.apply_alignment(image, alignment), alignment.region)
@@ -325,6 +335,15 @@ def comparison_report(comparisons: Sequence[dict[str, Any]]) -> str:
     ]
     if rows:
         lines += ["## Model against pty-chi", "", *_markdown_table(rows), ""]
+    flagged = [
+        f"- dose {dose_label(job['dose'])}, {job['view']}, {job['split']}, "
+        f"`{entry['model']}`: {flag}."
+        for job in comparisons
+        for entry in job["models"]
+        for flag in entry.get("flags", [])
+    ]
+    if flagged:
+        lines += ["## Flags", "", *flagged, ""]
     if unscored:
         lines += ["## Not scored", "", *unscored, ""]
     lines += [

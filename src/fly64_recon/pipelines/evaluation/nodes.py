@@ -149,13 +149,9 @@ def flags(
     """What makes this job's numbers doubtful, in words (empty: nothing)."""
     words = []
     if found["ground_truth"]:
-        mae, null = found["phase"]["mae"], found["null"]["phase"]["mae"]
-        if not mae < null:
-            words.append(
-                f"phase MAE {mae:.4f} rad is not below the null reference "
-                f"{null:.4f} rad (a flat object, no reconstruction): nothing was "
-                "recovered on the lit pixels"
-            )
+        worse = m.not_below_null(found)
+        if worse:
+            words.append(worse)
         alignment = m.Alignment.from_dict(found["alignment"])
         words += alignment.excess(
             params["max_shift_px"], params["max_phase_ramp_rad_per_px"]
