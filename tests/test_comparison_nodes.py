@@ -345,9 +345,15 @@ def test_each_job_compares_in_its_own_namespace_and_the_summary_fans_in():
     }
 
 
-def test_without_models_there_is_no_comparison_and_bad_models_stop_early():
+def test_without_models_the_comparison_only_explains_and_bad_models_stop_early(
+    caplog,
+):
     design = StudyDesign(doses=(1e3,))
 
-    assert not create_pipeline(design=design, models={}).nodes
+    alone = create_pipeline(design=design, models={})
+
+    assert [node.name for node in alone.nodes] == ["no_models"]
+    alone.nodes[0].run({"params:comparison": {"models": {}}})
+    assert "no model to compare (comparison.models is {}): declare one" in caplog.text
     with pytest.raises(ValueError, match="comparison_models.ptychi"):
         create_pipeline(design=design, models={"ptychi": "x.npz"})

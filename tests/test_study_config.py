@@ -17,9 +17,9 @@ from kedro.framework.project import pipelines
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-from fly64_recon import config
+from fly64_recon import config, pipeline_registry
 from fly64_recon.record import JobRecord, JobStatus
-from fly64_recon.study import Job
+from fly64_recon.study import Job, StudyDesign
 
 DESIGN = {"views": ["dense"], "splits": ["test"]}
 
@@ -82,3 +82,16 @@ def test_without_a_context_the_registry_reads_what_kedro_run_would(
     assert [job.namespace for job in config.pipeline_design().study.jobs()] == [
         "dose_1e3.dense.test"
     ]
+
+
+def test_the_default_run_compares_only_when_models_are_declared(monkeypatch):
+    design = config.PipelineDesign(StudyDesign(doses=(1e3,)), {})
+    monkeypatch.setattr(pipeline_registry, "pipeline_design", lambda: design)
+    without = pipeline_registry.register_pipelines()
+    design = config.PipelineDesign(StudyDesign(doses=(1e3,)), {"pinn": "p/{dose}.npz"})
+    with_models = pipeline_registry.register_pipelines()
+
+    assert "no_models" in {n.name for n in without["comparison"].nodes}
+    assert not {n.name for n in without["__default__"].nodes} & {"no_models"}
+    compares = {n.name for n in with_models["__default__"].nodes}
+    assert "dose_1e3.dense.test.compare" in compares

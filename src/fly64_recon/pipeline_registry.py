@@ -14,7 +14,8 @@ def register_pipelines() -> dict[str, Pipeline]:
 
     Every pipeline is built from one reading of the active Kedro context's
     configuration (the study design, the models to compare); the pipelines themselves
-    read no configuration. With no model to compare, ``comparison`` is empty.
+    read no configuration. With no model to compare, ``comparison`` only says so and
+    the default run leaves it out.
     """
     design = pipeline_design()
     pipelines = {
@@ -25,5 +26,11 @@ def register_pipelines() -> dict[str, Pipeline]:
             design=design.study, models=design.models
         ),
     }
-    pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))
+    compared = ("comparison",) if design.models else ()
+    pipelines["__default__"] = sum(
+        (pipelines[name] for name in (*STUDY, *compared)), Pipeline([])
+    )
     return pipelines
+
+
+STUDY = ("simulate", "ptychi_baseline", "evaluation")

@@ -62,6 +62,16 @@ class NoGroundTruth(ValueError):
     """The job's input has no ground truth to score against."""
 
 
+def explain_no_models(params: Mapping[str, Any]) -> None:
+    """Say that there is nothing to compare, and how to declare a model."""
+    logger.warning(
+        "no model to compare (comparison.models is %s): declare one in "
+        "comparison_models (conf/base/globals.yml or an environment's globals.yml), "
+        "e.g. pinn: /data/pinn/dose_{dose}/{view}/{split}.npz; see the README",
+        dict(params.get("models") or {}),
+    )
+
+
 def open_model(source: NPZSource) -> tuple[dict[str, np.ndarray] | None, dict]:
     """A model file's arrays and its entry, or None and why not."""
     entry = {"path": source.path}

@@ -15,15 +15,22 @@ from fly64_recon.pipelines.comparison.nodes import (
     compare,
     comparison_report,
     comparison_table,
+    explain_no_models,
 )
 from fly64_recon.study import Job, StudyDesign
 
 
 def create_pipeline(*, design: StudyDesign, models: Mapping[str, str]) -> Pipeline:
-    """Each job's comparison in its namespace, then the study's; empty without models."""
+    """Each job's comparison in its namespace, then the study's.
+
+    Without models: one node that says how to declare them, so that
+    ``kedro run --pipeline comparison`` explains instead of failing.
+    """
     names = list(check_models(models))
     if not names:
-        return Pipeline([])
+        return Pipeline(
+            [Node(explain_no_models, "params:comparison", None, name="no_models")]
+        )
     jobs = design.jobs()
     comparisons = sum((job_pipeline(job, names) for job in jobs), Pipeline([]))
     return comparisons + summary_pipeline(jobs)
