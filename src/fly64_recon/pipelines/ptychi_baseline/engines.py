@@ -161,9 +161,9 @@ def _assign(
     for name, value in values.items():
         if name not in known:
             raise OptionsError(
-                f"{where}: {engine.name} has no option {name!r} "
-                f"({type(target).__name__}){_elsewhere((*path, name))}; its options "
-                f"there: {', '.join(sorted(known))}"
+                f"{where}: unknown option {name!r} for {engine.name} "
+                f"({type(target).__name__} has no such option"
+                f"{_elsewhere((*path, name))}); known: {', '.join(sorted(known))}"
             )
         current = getattr(target, name)
         if isinstance(value, Mapping) and dataclasses.is_dataclass(current):
