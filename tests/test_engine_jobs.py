@@ -76,6 +76,7 @@ def test_another_engine_runs_the_job_and_the_record_says_which(
     if name == "DM":
         assert record["batch_size"] is None  # every position at once
         assert any("exit-wave change" in w for w in record["warnings"])
+        assert record["stop_reason"] == "epoch_cap" and record["converged"] is None
     else:
         assert record["batch_size"] == 16 and record["warnings"] == []
 

@@ -296,14 +296,16 @@ def test_the_report_names_the_engine_and_the_position_errors():
         "relative_change": -0.75,
         "common_shift_after_px": [0.1, -0.2],
     }
+    unjudged = {"epochs_run": 3, "stop_reason": "epoch_cap", "converged": None}
     jobs = [
         _job_metrics(1e3, "dense", 0.3, algorithm="EPIE", positions=moved),
-        _job_metrics(1e5, "dense", 0.2, algorithm="EPIE"),
+        _job_metrics(1e5, "dense", 0.2, algorithm="DM", convergence=unjudged),
     ]
 
     text = report.summary_report(jobs)
 
-    assert text.startswith("# pty-chi EPIE baseline: study summary")
+    assert text.startswith("# pty-chi DM/EPIE baseline: study summary")
+    assert "`dose_1e5.dense.test`: convergence not judged" in text
     assert "## Positions" in text
     assert "| 1e3 | dense | test | yes | 2.000 | 0.500 | -75% |" in text
     assert "dose_1e5" not in text.split("## Positions")[1].split("##")[0]

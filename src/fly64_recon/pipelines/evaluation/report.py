@@ -149,8 +149,12 @@ def _flag_lines(jobs: Sequence[Job]) -> list[str]:
 
 def _convergence_lines(jobs: Sequence[Job]) -> list[str]:
     """Which jobs stopped because the loss stopped improving, and which did not."""
-    stopped = [job for job in jobs if job.get("convergence", {}).get("converged")]
-    rest = [job for job in jobs if job not in stopped]
+    verdicts = {job["namespace"]: job.get("convergence", {}) for job in jobs}
+    stopped = [job for job in jobs if verdicts[job["namespace"]].get("converged")]
+    unjudged = [
+        job for job in jobs if verdicts[job["namespace"]].get("converged") is None
+    ]
+    rest = [job for job in jobs if job not in stopped and job not in unjudged]
     epochs = [job["data_fit"]["epochs"] for job in jobs]
     lines = [
         f"{len(stopped)} of {len(jobs)} evaluated jobs converged (the loss stopped "
@@ -158,9 +162,14 @@ def _convergence_lines(jobs: Sequence[Job]) -> list[str]:
     ]
     lines += [
         f"- `{job['namespace']}` did not converge: "
-        f"{job.get('convergence', {}).get('stop_reason', 'unknown')} after "
+        f"{verdicts[job['namespace']].get('stop_reason', 'unknown')} after "
         f"{job['data_fit']['epochs']} epochs."
         for job in rest
+    ]
+    lines += [
+        f"- `{job['namespace']}`: convergence not judged (an engine whose loss is "
+        f"not a data misfit runs its epoch cap): {job['data_fit']['epochs']} epochs."
+        for job in unjudged
     ]
     return lines
 

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from fly64_recon import beam
 from fly64_recon.contract import ContractError, read_metadata, validate
-from fly64_recon.convergence import StoppingRule
+from fly64_recon.convergence import StoppingRule, StopReason
 from fly64_recon.datasets.job_folder import JobArtifacts
 from fly64_recon.datasets.npz import NPZFormatError, NPZSource
 from fly64_recon.pipelines.ptychi_baseline import engines
@@ -127,8 +127,8 @@ def engine_warnings(options: BaselineOptions) -> list[str]:
     if engine.loss_is is None:
         return []
     return [
-        f"{engine.name}'s loss is {engine.loss_is}; the stopping rule reads it as the "
-        "iteration's progress, not the data fit's (docs/engines.md)"
+        f"{engine.name}'s loss is {engine.loss_is}; so no stopping rule: the job "
+        "runs its num_epochs and its convergence is not judged (docs/engines.md)"
     ]
 
 
@@ -165,7 +165,7 @@ def _run_job(
     )
     for warning in engine_warnings(options):
         logger.warning("%s: %s", checked.job.namespace, warning)
-    rule = options.stopping_rule()
+    rule = options.stopping_rule() if options.engine_spec.loss_is is None else None
     try:
         device = engines.resolve_device(options.device)
         record = replace(record, device=device)
@@ -198,7 +198,6 @@ def _run_job(
     x, y = engines.from_ptychi_positions(
         result.position_x_px, result.position_y_px, arrays["objectGuess"].shape
     )
-    verdict = rule.final(result.loss)
     succeeded = replace(
         record,
         status=JobStatus.SUCCEEDED,
@@ -206,9 +205,7 @@ def _run_job(
         wall_time_s=result.wall_time_s,
         peak_gpu_memory_mb=result.peak_gpu_memory_mb,
         final_loss=float(result.loss[-1]),
-        epochs_run=verdict.epochs_run,
-        stop_reason=verdict.stop_reason.value,
-        converged=verdict.converged,
+        **ending(rule, result.loss),
         finished_at=_now(),
     )
     made = {
@@ -265,15 +262,29 @@ def _ran_with(record: JobRecord, ptychi_options: Any) -> JobRecord:
     )
 
 
+def ending(rule: StoppingRule | None, loss: np.ndarray) -> dict[str, Any]:
+    """How the run ended: the rule's verdict, or (no rule) the cap and no judgement."""
+    if rule is None:
+        stop = StopReason.EPOCH_CAP.value
+        return {"epochs_run": len(loss), "stop_reason": stop, "converged": None}
+    verdict = rule.final(loss)
+    return {
+        "epochs_run": verdict.epochs_run,
+        "stop_reason": verdict.stop_reason.value,
+        "converged": verdict.converged,
+    }
+
+
 @dataclass(frozen=True)
 class EpochMonitor:
-    """After each epoch: a non-finite loss fails the job; the stopping rule may end it."""
+    """After each epoch: a non-finite loss fails the job; the stopping rule, if there
+    is one, may end it."""
 
-    rule: StoppingRule
+    rule: StoppingRule | None
 
     def __call__(self, loss: np.ndarray) -> bool:
         _check_finite(len(loss) - 1, float(loss[-1]))
-        return self.rule.check(loss) is not None
+        return self.rule is not None and self.rule.check(loss) is not None
 
 
 def describe_scan(
