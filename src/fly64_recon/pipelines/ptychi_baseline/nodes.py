@@ -80,7 +80,7 @@ def validate_input(
 
 
 def reconstruct(checked: CheckedInput, previous: JobArtifacts) -> JobArtifacts:
-    """Run the engine on a ready input, unless its outputs already match input and options."""
+    """Run the engine on a ready input, unless its outputs match input and options."""
     if checked.status is not JobStatus.READY:
         return JobArtifacts(_record(checked, checked.status).to_dict())
     record = _record(checked, JobStatus.PLANNED)
