@@ -3,7 +3,7 @@ the record, the cache, refusals before any job, the output and its figure."""
 
 import numpy as np
 import pytest
-from conftest import simulate_phase_c, tiny_simulate_params
+from conftest import TINY_ENV, run_kedro, simulate_phase_c, tiny_simulate_params
 
 from fly64_recon import metrics as m
 from fly64_recon.datasets import JobFolderDataset, NPZSource, npz_bytes
@@ -115,6 +115,28 @@ def test_refused_options_stop_the_run_before_any_job(params, fragment, tmp_path)
 
     with pytest.raises(engines.OptionsError, match=fragment):
         nodes.validate_input(missing, {**PARAMS, **params}, JOB)
+
+
+@pytest.mark.e2e
+def test_kedro_refuses_what_the_engine_cannot_do_before_any_job(
+    tiny_kedro_project, tmp_path
+):
+    artifacts = tmp_path / "artifacts"
+    params = (
+        "ptychi_baseline.engine=PIE,ptychi_baseline.pie.reconstructor_options."
+        f"batch_size=8,artifact_root={artifacts}"
+    )
+
+    result = run_kedro(
+        tiny_kedro_project,
+        *("run", "--pipeline", "ptychi_baseline", "--params", params),
+        env={"KEDRO_ENV": TINY_ENV},
+    )
+
+    assert result.returncode != 0
+    output = " ".join((result.stdout + result.stderr).split())
+    assert "plain PIE cannot optimise the probe" in output
+    assert not list(artifacts.rglob("job.json"))  # no job ran
 
 
 def test_three_probe_modes_are_kept_and_drawn(tiny_file, tmp_path):
