@@ -29,6 +29,12 @@ STUDY = StudyDesign(doses=(100000.0,), views=("baseline", "dense"), splits=("tes
 BASELINE_JOB, DENSE_JOB = STUDY.jobs()
 ARTIFACTS = "data/07_model_output/ptychi_baseline"
 EPOCHS = {"lsqml": {"reconstructor_options": {"num_epochs": 6}}}
+# The same study with another engine, in its own artifact_root (docs/engines.md).
+EPIE_ARTIFACTS = "data/07_model_output/epie"
+EPIE_RUN = (
+    "ptychi_baseline.engine=EPIE,ptychi_baseline.epie.reconstructor_options."
+    f"num_epochs=6,artifact_root={EPIE_ARTIFACTS}"
+)
 MARGIN = 12  # px around the lit region's bounding box: more than the shift's padding
 
 
@@ -94,6 +100,7 @@ def project(tmp_path_factory) -> Path:
         design=DESIGN,
     )
     kedro(root, "run", "--pipelines", "simulate,ptychi_baseline")
+    kedro(root, "run", "--pipeline", "ptychi_baseline", "--params", EPIE_RUN)
     for job in STUDY.jobs():
         write_models(root, job)
     globals_file = root / "conf" / TINY_ENV / "globals.yml"
@@ -104,6 +111,9 @@ def project(tmp_path_factory) -> Path:
     }
     declared["comparison_models"]["copy"] = (
         f"{root}/{ARTIFACTS}/dose_{{dose}}/{{view}}/{{split}}/ptychi_reconstruction.npz"
+    )
+    declared["comparison_models"]["epie"] = (
+        f"{EPIE_ARTIFACTS}/dose_{{dose}}/{{view}}/{{split}}/ptychi_reconstruction.npz"
     )
     globals_file.write_text(yaml.safe_dump(declared))
     kedro(root, "run", "--pipeline", "comparison")
@@ -153,6 +163,17 @@ def test_a_ptychi_reconstruction_as_a_model_scores_as_the_baseline(project):
     rows = table(project)
 
     pd.testing.assert_frame_equal(scores(rows, "copy"), scores(rows, "ptychi"))
+
+
+def test_another_engines_study_is_compared_with_the_baseline(project):
+    manifest = project / EPIE_ARTIFACTS / "reconstruction_manifest.json"
+    jobs = json.loads(manifest.read_text())["jobs"]
+    rows = table(project)
+    epie = rows[(rows.model == "epie") & (rows.metric == "mae")]
+
+    assert {job["algorithm"] for job in jobs} == {"EPIE"}
+    assert set(epie.status) == {"scored"} and len(epie) == len(STUDY.jobs())
+    assert (epie.phase < epie.null_phase).all()
 
 
 def test_missing_and_broken_files_fail_only_their_rows(project):

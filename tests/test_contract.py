@@ -273,8 +273,19 @@ def test_valid_optional_keys_pass(arrays):
     arrays["scan_index"] = np.arange(4)
     arrays["xcoords_start"] = arrays["xcoords"].copy()
     arrays["ycoords_start"] = arrays["ycoords"].copy()
+    arrays["xcoords_true"] = arrays["xcoords"] + 0.5
+    arrays["ycoords_true"] = arrays["ycoords"] - 0.5
     arrays["filenames"] = np.array(["a", "b", "c", "d"])
     assert validate(arrays, PATH) == []
+
+
+def test_true_positions_are_checked_and_come_in_pairs(arrays):
+    arrays["xcoords_true"] = np.array([1.0, np.inf, 2.0, 3.0])
+    assert_problem(problems_of(arrays), "xcoords_true", "not finite")
+    arrays["xcoords_true"] = arrays["xcoords"].copy()
+    assert_problem(problems_of(arrays), "xcoords_true", "ycoords_true is missing")
+    arrays["ycoords_true"] = arrays["ycoords"][:3]
+    assert_problem(problems_of(arrays), "ycoords_true", "length 3")
 
 
 def test_every_problem_is_listed_at_once(arrays):

@@ -303,9 +303,9 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_rerun(
 
     def crash_the_first_reconstruction() -> None:
         """In each worker: the first reconstruction to finish an epoch kills it."""
-        from fly64_recon.pipelines.ptychi_baseline import lsqml  # noqa: PLC0415
+        from fly64_recon.pipelines.ptychi_baseline import engines  # noqa: PLC0415
 
-        original = lsqml.run_lsqml
+        original = engines.run_engine
 
         def crash_once(inputs, options, device, on_epoch, cpu_threads):
             def epoch_done(loss):
@@ -316,7 +316,7 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_rerun(
 
             return original(inputs, options, device, epoch_done, cpu_threads)
 
-        lsqml.run_lsqml = crash_once
+        engines.run_engine = crash_once
 
     cluster.run(crash_the_first_reconstruction)
     since = time.time()

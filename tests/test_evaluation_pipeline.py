@@ -22,6 +22,7 @@ from fly64_recon.datasets import (
 from fly64_recon.pipelines.evaluation import figures, nodes, report
 from fly64_recon.pipelines.evaluation.pipeline import create_pipeline
 from fly64_recon.record import JobRecord, JobStatus
+from fly64_recon.scoring import TRUTH_MEMBERS
 from fly64_recon.study import Job, StudyDesign
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -285,6 +286,44 @@ def test_the_report_names_flagged_and_unconverged_jobs_in_words():
         "reference 0.5000 rad." in text
     )
     assert "`dose_1e3.sparse.test` did not converge: epoch_cap after 3 epochs" in text
+
+
+def test_the_report_names_the_engine_and_the_position_errors():
+    moved = {
+        "position_correction": True,
+        "rms_error_before_px": 2.0,
+        "rms_error_after_px": 0.5,
+        "relative_change": -0.75,
+        "common_shift_after_px": [0.1, -0.2],
+    }
+    unjudged = {"epochs_run": 3, "stop_reason": "epoch_cap", "converged": None}
+    jobs = [
+        _job_metrics(1e3, "dense", 0.3, algorithm="EPIE", positions=moved),
+        _job_metrics(1e5, "dense", 0.2, algorithm="DM", convergence=unjudged),
+    ]
+
+    text = report.summary_report(jobs)
+
+    assert text.startswith("# pty-chi DM/EPIE baseline: study summary")
+    assert "`dose_1e5.dense.test`: convergence not judged" in text
+    assert "## Positions" in text
+    assert "| 1e3 | dense | test | yes | 2.000 | 0.500 | -75% |" in text
+    assert "dose_1e5" not in text.split("## Positions")[1].split("##")[0]
+
+
+def test_the_positions_are_measured_against_the_true_ones(tmp_path):
+    truth = np.exp(1j * np.linspace(0, 1, 96 * 128)).reshape(96, 128)
+    shaken = {"xcoords_true": X + 1.0, "ycoords_true": Y - 2.0}  # a common shift
+    members = {**_source(tmp_path, truth).load_members(TRUTH_MEMBERS), **shaken}
+    record = JobRecord(JOB, JobStatus.SUCCEEDED, position_correction=False)
+
+    found = nodes.measure(_artifacts(truth).arrays, members, record, PARAMS)
+
+    positions = found["positions"]
+    assert positions["position_correction"] is False
+    assert positions["rms_error_before_px"] == pytest.approx(0.0, abs=1e-12)
+    assert positions["common_shift_after_px"] == pytest.approx([2.0, -1.0])
+    assert "positions" in nodes.manifest_section(found)
 
 
 def test_the_science_check_says_when_the_error_does_not_fall_or_beats_no_null():

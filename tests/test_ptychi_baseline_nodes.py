@@ -9,7 +9,7 @@ import torch
 from conftest import simulate_phase_c, tiny_simulate_params
 
 from fly64_recon.datasets import JobArtifacts, JobFolderDataset, NPZSource, npz_bytes
-from fly64_recon.pipelines.ptychi_baseline import lsqml, nodes
+from fly64_recon.pipelines.ptychi_baseline import engines, nodes
 from fly64_recon.pipelines.ptychi_baseline.options import BaselineOptions
 from fly64_recon.record import JobStatus
 from fly64_recon.scoring import has_ground_truth
@@ -130,7 +130,7 @@ def test_a_fresh_job_reconstructs_then_a_rerun_is_cached(source, empty_folder):
 
 
 def test_dry_run_plans_without_reconstructing(source, empty_folder, monkeypatch):
-    monkeypatch.setattr(lsqml, "run_lsqml", pytest.fail)
+    monkeypatch.setattr(engines, "run_engine", pytest.fail)
     checked = nodes.validate_input(source, {**PARAMS, "dry_run": True}, JOB)
 
     out = nodes.reconstruct(checked, empty_folder.load())
@@ -145,7 +145,7 @@ def test_divergence_fails_the_job_and_saves_no_result(
         on_epoch(np.array([1.0]))
         on_epoch(np.array([1.0, float("nan")]))
 
-    monkeypatch.setattr(lsqml, "run_lsqml", diverge)
+    monkeypatch.setattr(engines, "run_engine", diverge)
     checked = nodes.validate_input(source, PARAMS, JOB)
 
     out = nodes.reconstruct(checked, empty_folder.load())
@@ -159,7 +159,7 @@ def test_out_of_memory_fails_with_advice(source, empty_folder, monkeypatch):
     def oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
 
-    monkeypatch.setattr(lsqml, "run_lsqml", oom)
+    monkeypatch.setattr(engines, "run_engine", oom)
     checked = nodes.validate_input(source, PARAMS, JOB)
 
     out = nodes.reconstruct(checked, empty_folder.load())

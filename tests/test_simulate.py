@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import pdist
 
-from fly64_recon.contract import read_metadata
+from fly64_recon.contract import read_metadata, validate
 from fly64_recon.pipelines.simulate import create_pipeline, nodes, physics
 from fly64_recon.study import Job, StudyDesign, spacing_threshold
 
@@ -364,6 +364,33 @@ def test_ground_truth_patches_on_request(params, truth):
     view = nodes.select_view(arrays, with_y, view="sparse", overlap=0.2)
     rows = np.searchsorted(arrays["scan_index"], view["scan_index"])
     assert np.array_equal(view["Y"], arrays["Y"][rows])
+
+
+def test_a_position_error_is_recorded_and_the_truth_kept(params, truth, phase_c):
+    shaken = {**params, "scan": {**params["scan"], "position_error": 1.5}}
+    files = nodes.simulate_dose(*truth, shaken, dose=1000.0, splits=("train", "test"))
+    view = nodes.select_view(files["test"], shaken, view="sparse", overlap=0.2)
+    scan = truth[2]
+
+    errors = []
+    for split, arrays in files.items():
+        exact = phase_c[1000.0][split]
+        i = arrays["scan_index"]
+        assert np.array_equal(arrays["xcoords_true"], scan[i, 1])
+        assert np.array_equal(arrays["ycoords_true"], scan[i, 0])
+        assert np.array_equal(arrays["diffraction"], exact["diffraction"])  # true
+        errors += [arrays["xcoords"] - scan[i, 1], arrays["ycoords"] - scan[i, 0]]
+        assert read_metadata(arrays)["position_error_px"] == 1.5
+        assert validate(arrays, split) == []
+    assert np.std(np.concatenate(errors)) == pytest.approx(1.5, rel=0.15)
+    rows = np.searchsorted(files["test"]["scan_index"], view["scan_index"])
+    for key in ("xcoords", "xcoords_true", "ycoords_true"):
+        assert np.array_equal(view[key], files["test"][key][rows])
+    assert "xcoords_true" not in phase_c[1000.0]["train"]  # no error, no extra key
+    again = nodes.simulate_dose(*truth, shaken, dose=100000.0, splits=("train",))
+    assert np.array_equal(again["train"]["xcoords"], files["train"]["xcoords"])
+    with pytest.raises(ValueError, match="position_error must be >= 0"):
+        nodes.position_error({"scan": {"position_error": -1.0}})
 
 
 def test_same_seed_same_bytes(params, truth, phase_c):

@@ -11,6 +11,13 @@ pixels. The footprint of position (x, y) is
 coordinates shift it sub-pixel). It lies inside an H x W object when x - N/2 >= 0 and
 x + N/2 <= W, likewise y with H, within ``FOOTPRINT_TOLERANCE_PX``.
 
+Optional keys, checked when present: ``Y`` (ground-truth patches, (n, N, N)),
+``scan_index`` (integer, (n,)), ``xcoords_start``/``ycoords_start`` and
+``xcoords_true``/``ycoords_true`` (real, finite, (n,)). ``xcoords_true``/``ycoords_true``
+are the true positions of a file whose ``xcoords``/``ycoords`` were recorded with an
+error (``simulate.scan.position_error``), given as a pair; the evaluation measures the
+positions' error before and after position correction against them.
+
 Intensity saved as amplitude, the mistake this contract exists for, is caught in two ways:
 
 * With ``intensity_scale`` and ``dose`` in ``_metadata`` (simulated files), the counts are
@@ -59,6 +66,9 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "xcoords",
     "ycoords",
 )
+# Optional: the true probe-centre positions of a file whose xcoords/ycoords carry a
+# position error (simulated), to measure position correction against.
+TRUE_POSITION_KEYS = ("xcoords_true", "ycoords_true")
 AMPLITUDE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 COMPLEX_DTYPES = (np.dtype(np.complex64), np.dtype(np.complex128))
 FOOTPRINT_TOLERANCE_PX = 1e-6
@@ -467,10 +477,16 @@ def _optional_problems(
     scan_index = _get(arrays, "scan_index")
     if scan_index is not None:
         problems += _vector_problems("scan_index", scan_index, n, "iu", "integer")
-    for key in ("xcoords_start", "ycoords_start"):
+    for key in ("xcoords_start", "ycoords_start", *TRUE_POSITION_KEYS):
         a = _get(arrays, key)
         if a is not None:
             problems += _vector_problems(key, a, n)
+    present = [key for key in TRUE_POSITION_KEYS if key in arrays]
+    if len(present) == 1:
+        (other,) = set(TRUE_POSITION_KEYS) - set(present)
+        problems.append(
+            Problem(present[0], f"the true positions come in pairs: {other} is missing")
+        )
     return problems
 
 

@@ -1,8 +1,9 @@
 """When a reconstruction has converged: the loss has stopped improving.
 
-The rule is the engine's loss alone, so it holds for every engine. After each epoch the
-mean loss of the last ``window`` epochs is compared with the mean of the ``window``
-epochs before: their relative improvement ``(before - last) / |before|`` below
+The rule is the engine's loss alone, so it holds for every engine whose loss is a data
+misfit (DM and RAAR record the exit-wave change instead, and run without it). After each
+epoch the mean loss of the last ``window`` epochs is compared with the mean of the
+``window`` epochs before: their relative improvement ``(before - last) / |before|`` below
 ``tolerance`` stops the job: converged, unless the loss is clearly rising (the last
 block ``RISING_BEYOND`` worse than the one before, beyond the minibatch scatter: a sign
 of instability, not of a plateau). A job that reaches the epoch cap first was still
@@ -12,7 +13,8 @@ Why block means: with minibatches in random order, the loss scatters from one ep
 the next by more than it falls (0.7-9 % at dose 1e5 in the embedded study), so a
 comparison of two single epochs stops jobs whose phase error is still falling fast.
 The first epoch is left out: LSQML spends it rescaling the probe
-(``rescale_probe_intensity_in_first_epoch``).
+(``rescale_probe_intensity_in_first_epoch``); for the other engines it is the first,
+steep step from the flat start.
 """
 
 from __future__ import annotations

@@ -484,6 +484,35 @@ def not_below_null(compared: Mapping[str, Any]) -> str | None:
     )
 
 
+def rms_position_error(
+    x: np.ndarray, y: np.ndarray, x_true: np.ndarray, y_true: np.ndarray
+) -> tuple[float, tuple[float, float]]:
+    """RMS distance (px) of positions from the true ones once their common shift
+    ``(dy, dx)`` (a shift of the whole scan, which moves the object, not the fit) is
+    removed; and that shift."""
+    dx, dy = x - x_true, y - y_true
+    shift = (float(dy.mean()), float(dx.mean()))
+    rms = np.sqrt(np.mean((dx - shift[1]) ** 2 + (dy - shift[0]) ** 2))
+    return float(rms), shift
+
+
+def position_errors(
+    recorded: tuple[np.ndarray, np.ndarray],
+    refined: tuple[np.ndarray, np.ndarray],
+    true: tuple[np.ndarray, np.ndarray],
+) -> dict[str, Any]:
+    """The positions' RMS error before (as recorded) and after the reconstruction
+    (as refined), each after removing its common shift: ``(x, y)`` pairs."""
+    before, _ = rms_position_error(*recorded, *true)
+    after, shift = rms_position_error(*refined, *true)
+    return {
+        "rms_error_before_px": before,
+        "rms_error_after_px": after,
+        "relative_change": after / before - 1 if before > 0 else None,
+        "common_shift_after_px": list(shift),
+    }
+
+
 def data_fit(loss: np.ndarray) -> dict[str, Any]:
     """What the loss curve says about the fit to the measured data."""
     loss = np.asarray(loss, dtype=float)

@@ -67,13 +67,20 @@ class JobRecord:
     reason: str | None = None
     input_npz: str | None = None
     input_sha256: str | None = None
-    algorithm: str | None = None
+    algorithm: str | None = None  # the pty-chi engine: LSQML, EPIE, DM, ...
     num_epochs: int | None = None
     batch_size: int | None = None
     object_init: str | None = None
     max_patterns: int | None = None
     subsample_seed: int | None = None
     options_fingerprint: str | None = None
+    # The starting probe: how many modes, and the factor its power was scaled by to
+    # match the patterns (pty-chi's rescale_probe; None when the engine does it itself,
+    # as LSQML does in its first epoch).
+    probe_modes: int | None = None
+    probe_power_rescale: float | None = None
+    # The positions were refined (probe_position_options.optimizable).
+    position_correction: bool | None = None
     n_patterns: int | None = None
     n_patterns_total: int | None = None
     device: str | None = None

@@ -28,6 +28,8 @@ TRUTH_MEMBERS = (
     "probeGuess",
     "xcoords",
     "ycoords",
+    "xcoords_true",  # optional: only files whose positions carry an error have them
+    "ycoords_true",
     "diffraction",
     "_metadata",
 )

@@ -20,6 +20,7 @@ import pandas as pd
 
 from fly64_recon import beam
 from fly64_recon import metrics as m
+from fly64_recon.contract import TRUE_POSITION_KEYS
 from fly64_recon.convergence import StopReason
 from fly64_recon.datasets.job_folder import JobArtifacts
 from fly64_recon.datasets.npz import NPZSource
@@ -42,6 +43,7 @@ TABLE_COLUMNS = [
 ]
 # In metrics.json but not in the manifest entry, which has the job's own fields already.
 NOT_HEADLINE = (
+    "algorithm",
     "namespace",
     "dose",
     "view",
@@ -100,6 +102,7 @@ def measure(
     )
     region = m.mask_region(footing.mask)
     found: dict[str, Any] = {
+        "algorithm": record.algorithm,
         "ground_truth": has_ground_truth(members),
         "region": list(region),
         "scan": scan_summary(footing, region, record, params),
@@ -121,7 +124,27 @@ def measure(
             reconstruction, target, footing.mask, params["upsample_factor"]
         )
         found["noise_floor"] = {"phase": footing.noise_floor()}
+    if all(key in members for key in TRUE_POSITION_KEYS):
+        found["positions"] = positions(arrays, members, record)
     return {**found, "flags": flags(found, record, params)}
+
+
+def positions(
+    arrays: Mapping[str, np.ndarray],
+    members: Mapping[str, np.ndarray],
+    record: JobRecord,
+) -> dict[str, Any]:
+    """The positions' RMS error against the true ones, as recorded and as the job
+    left them (refined when it corrected them), each after removing a common shift."""
+    rows = arrays["pattern_index"]
+    return {
+        "position_correction": record.position_correction,
+        **m.position_errors(
+            (members["xcoords"][rows], members["ycoords"][rows]),
+            (arrays["xcoords"], arrays["ycoords"]),
+            (members["xcoords_true"][rows], members["ycoords_true"][rows]),
+        ),
+    }
 
 
 def scan_summary(
@@ -170,10 +193,11 @@ def not_converged(record: JobRecord) -> str:
             f"not converged: the loss was rising when the job stopped after "
             f"{record.epochs_run} epochs"
         )
+    key = (record.algorithm or "LSQML").lower()
     return (
         f"not converged: stopped by the epoch cap ({record.epochs_run} epochs) while "
-        "the loss was still improving; raise "
-        "ptychi_baseline.lsqml.reconstructor_options.num_epochs"
+        f"the loss was still improving; raise "
+        f"ptychi_baseline.{key}.reconstructor_options.num_epochs"
     )
 
 

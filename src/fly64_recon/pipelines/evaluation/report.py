@@ -22,8 +22,9 @@ def summary_report(all_metrics: Sequence[Job]) -> str:
     evaluated = [job for job in all_metrics if job.get("evaluated")]
     fit_only = [job for job in evaluated if not job.get("ground_truth")]
     missing = [job for job in all_metrics if not job.get("evaluated")]
+    engines = sorted({job["algorithm"] for job in evaluated if job.get("algorithm")})
     lines = [
-        "# LSQML baseline: study summary",
+        f"# pty-chi {'/'.join(engines) or 'LSQML'} baseline: study summary",
         "",
         f"{len(all_metrics)} jobs: {len(measured)} measured against the ground truth, "
         f"{len(fit_only)} on data fit only (no ground truth), {len(missing)} not "
@@ -48,6 +49,9 @@ def summary_report(all_metrics: Sequence[Job]) -> str:
         lines += ["## Convergence", "", *_convergence_lines(evaluated), ""]
     if measured:
         lines += ["## Science check", "", *science_check(measured), ""]
+    moved = [job for job in evaluated if "positions" in job]
+    if moved:
+        lines += ["## Positions", "", *_positions_table(moved), ""]
     halves = [job for job in evaluated if "half_dataset_frc" in job]
     if halves:
         lines += ["## Half-dataset FRC", "", *_half_table(halves), ""]
@@ -72,6 +76,8 @@ NOTES = (
     "is where the Fourier ring correlation with the ground truth falls below 0.5, as "
     "a fraction of Nyquist (1.0: never). Overlap is the mean disc-overlap fraction of "
     "each position with its 6 nearest neighbours, for a disc of the probe's FWHM. "
+    "Positions (when the input has true ones): the RMS distance of the recorded and of "
+    "the job's positions from the true ones, each after removing a common shift. "
     "Per-job details: `metrics.json` in each job folder; every number: `metrics.csv`."
 )
 
@@ -143,8 +149,12 @@ def _flag_lines(jobs: Sequence[Job]) -> list[str]:
 
 def _convergence_lines(jobs: Sequence[Job]) -> list[str]:
     """Which jobs stopped because the loss stopped improving, and which did not."""
-    stopped = [job for job in jobs if job.get("convergence", {}).get("converged")]
-    rest = [job for job in jobs if job not in stopped]
+    verdicts = {job["namespace"]: job.get("convergence", {}) for job in jobs}
+    stopped = [job for job in jobs if verdicts[job["namespace"]].get("converged")]
+    unjudged = [
+        job for job in jobs if verdicts[job["namespace"]].get("converged") is None
+    ]
+    rest = [job for job in jobs if job not in stopped and job not in unjudged]
     epochs = [job["data_fit"]["epochs"] for job in jobs]
     lines = [
         f"{len(stopped)} of {len(jobs)} evaluated jobs converged (the loss stopped "
@@ -152,9 +162,14 @@ def _convergence_lines(jobs: Sequence[Job]) -> list[str]:
     ]
     lines += [
         f"- `{job['namespace']}` did not converge: "
-        f"{job.get('convergence', {}).get('stop_reason', 'unknown')} after "
+        f"{verdicts[job['namespace']].get('stop_reason', 'unknown')} after "
         f"{job['data_fit']['epochs']} epochs."
         for job in rest
+    ]
+    lines += [
+        f"- `{job['namespace']}`: convergence not judged (an engine whose loss is "
+        f"not a data misfit runs its epoch cap): {job['data_fit']['epochs']} epochs."
+        for job in unjudged
     ]
     return lines
 
@@ -189,6 +204,32 @@ def science_check(measured: Sequence[Job]) -> list[str]:
             "floor)."
         )
     return lines or ["- fewer than two doses were measured."]
+
+
+def _positions_table(jobs: Sequence[Job]) -> list[str]:
+    """The positions' RMS error against the true ones, before and after the job."""
+    header = [
+        "dose",
+        "view",
+        "split",
+        "corrected",
+        "RMS before (px)",
+        "after",
+        "change",
+    ]
+    rows = [
+        [
+            _dose(job),
+            job["view"],
+            job["split"],
+            "yes" if job["positions"]["position_correction"] else "no",
+            f"{job['positions']['rms_error_before_px']:.3f}",
+            f"{job['positions']['rms_error_after_px']:.3f}",
+            _fmt(job["positions"]["relative_change"], "{:+.0%}"),
+        ]
+        for job in jobs
+    ]
+    return _markdown_table(header, rows, first_text=4)
 
 
 def _half_table(jobs: Sequence[Job]) -> list[str]:

@@ -1,8 +1,10 @@
-"""The per-job summary figure: amplitude, phase, probe, loss curve."""
+"""The per-job summary figure: amplitude, phase, probe, loss curve; probe mode powers
+when the probe has more than one mode."""
 
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator, NullLocator
 
@@ -11,7 +13,7 @@ from fly64_recon.record import JobRecord
 
 def job_figure(record: JobRecord, arrays: dict[str, np.ndarray] | None) -> Figure:
     """The reconstruction at a glance, or a card saying why there is none."""
-    title = f"{record.namespace} — LSQML, status {record.status}"
+    title = f"{record.namespace} — {record.algorithm}, status {record.status}"
     if not record.status.has_reconstruction or arrays is None:
         figure = Figure(figsize=(6, 2))
         figure.text(0.02, 0.6, title, fontsize=11)
@@ -19,11 +21,13 @@ def job_figure(record: JobRecord, arrays: dict[str, np.ndarray] | None) -> Figur
         return figure
     obj = arrays["reconstructed_object"]
     modes = arrays["reconstructed_probe"]
-    probe = modes.reshape(-1, *modes.shape[-2:])[0]
+    modes = modes.reshape(-1, *modes.shape[-2:])
+    probe = modes[0]
+    panels = 4 if len(modes) == 1 else 5
     # A fixed layout: "constrained" draws the figure twice (~2x the time of a save).
-    figure = Figure(figsize=(14, 3.6))
+    figure = Figure(figsize=(3.5 * panels, 3.6))
     figure.subplots_adjust(left=0.01, right=0.98, bottom=0.14, top=0.8, wspace=0.4)
-    axes = figure.subplots(1, 4)
+    axes = figure.subplots(1, panels)
     panels = (
         (np.abs(obj), "object amplitude", "gray"),
         (np.angle(obj), "object phase (rad)", "twilight"),
@@ -44,5 +48,18 @@ def job_figure(record: JobRecord, arrays: dict[str, np.ndarray] | None) -> Figur
     axes[3].set_xlabel("epoch")
     axes[3].set_ylabel("loss")
     axes[3].set_title(f"final loss {loss[-1]:.4g}")
+    if len(modes) > 1:
+        mode_powers(axes[4], modes)
     figure.suptitle(title)
     return figure
+
+
+def mode_powers(ax: Axes, modes: np.ndarray) -> None:
+    """Each probe mode's share of the probe's power, as bars."""
+    power = np.sum(np.abs(modes) ** 2, axis=(-2, -1))
+    share = power / power.sum()
+    ax.bar(np.arange(len(share)), share)
+    ax.set_xticks(np.arange(len(share)))
+    ax.set_xlabel("probe mode")
+    ax.set_ylabel("share of power")
+    ax.set_title("mode powers: " + ", ".join(f"{v:.3f}" for v in share))

@@ -22,10 +22,10 @@ from matplotlib.figure import Figure
 
 from fly64_recon import beam
 from fly64_recon.contract import ContractError, read_metadata, validate
-from fly64_recon.convergence import StoppingRule
+from fly64_recon.convergence import StoppingRule, StopReason
 from fly64_recon.datasets.job_folder import JobArtifacts
 from fly64_recon.datasets.npz import NPZFormatError, NPZSource
-from fly64_recon.pipelines.ptychi_baseline import lsqml
+from fly64_recon.pipelines.ptychi_baseline import engines
 from fly64_recon.pipelines.ptychi_baseline.figures import job_figure
 from fly64_recon.pipelines.ptychi_baseline.options import BaselineOptions
 from fly64_recon.record import JobRecord, JobStatus, current_worker
@@ -33,8 +33,6 @@ from fly64_recon.scoring import has_ground_truth, photons_per_pattern
 from fly64_recon.study import Job
 
 logger = logging.getLogger(__name__)
-
-ALGORITHM = "LSQML"
 
 
 class MissingInputError(FileNotFoundError):
@@ -82,7 +80,7 @@ def validate_input(
 
 
 def reconstruct(checked: CheckedInput, previous: JobArtifacts) -> JobArtifacts:
-    """Run LSQML on a ready input, unless its outputs already match input and options."""
+    """Run the engine on a ready input, unless its outputs match input and options."""
     if checked.status is not JobStatus.READY:
         return JobArtifacts(_record(checked, checked.status).to_dict())
     record = _record(checked, JobStatus.PLANNED)
@@ -112,14 +110,26 @@ def _record(checked: CheckedInput, status: JobStatus) -> JobRecord:
         checked.reason,
         input_npz=checked.path,
         input_sha256=checked.sha256,
-        algorithm=ALGORITHM,
+        algorithm=options.engine,
         object_init=options.object_init,
         max_patterns=options.max_patterns,
         subsample_seed=options.subsample_seed,
         options_fingerprint=options.fingerprint(),
+        probe_modes=options.probe_modes,
         worker=current_worker(),
         warnings=checked.warnings,
     )
+
+
+def engine_warnings(options: BaselineOptions) -> list[str]:
+    """What a reader of a job's record must know about its engine's numbers."""
+    engine = options.engine_spec
+    if engine.loss_is is None:
+        return []
+    return [
+        f"{engine.name}'s loss is {engine.loss_is}; so no stopping rule: the job "
+        "runs its num_epochs and its convergence is not judged (docs/engines.md)"
+    ]
 
 
 def _earlier_success(previous: JobArtifacts) -> JobRecord | None:
@@ -151,28 +161,22 @@ def _run_job(
         n_patterns_total=total,
         half_dataset=options.half_dataset(has_ground_truth(arrays)),
         started_at=_now(),
+        warnings=[*record.warnings, *engine_warnings(options)],
     )
-    rule = options.stopping_rule()
+    for warning in engine_warnings(options):
+        logger.warning("%s: %s", checked.job.namespace, warning)
+    rule = options.stopping_rule() if options.engine_spec.loss_is is None else None
     try:
-        device = lsqml.resolve_device(options.device)
+        device = engines.resolve_device(options.device)
         record = replace(record, device=device)
-        ptychi_options = lsqml.build_options(options.lsqml, device)
-        # The record says what pty-chi ran with, its defaults included.
-        ran = ptychi_options.reconstructor_options
-        record = replace(record, num_epochs=ran.num_epochs, batch_size=ran.batch_size)
+        ptychi_options = options.ptychi_options(device)
+        record = _ran_with(record, ptychi_options)
         record = describe_scan(record, arrays, rows, options.illumination_fraction)
-        inputs = lsqml.to_ptychi_inputs(
-            arrays["diffraction"][rows],
-            arrays["probeGuess"],
-            arrays["objectGuess"],
-            arrays["xcoords"][rows],
-            arrays["ycoords"][rows],
-            read_metadata(arrays).get("intensity_scale", 1.0),
-            options.object_init,
-        )
+        inputs, power = engine_inputs(checked, rows, ptychi_options)
+        record = replace(record, probe_power_rescale=power)
 
-        def reconstruct_from(part: lsqml.PtychiInputs) -> lsqml.LSQMLResult:
-            result = lsqml.run_lsqml(
+        def reconstruct_from(part: engines.PtychiInputs) -> engines.EngineResult:
+            result = engines.run_engine(
                 part, ptychi_options, device, EpochMonitor(rule), options.cpu_threads
             )
             _check_result(result)
@@ -186,15 +190,14 @@ def _run_job(
         )
     except Exception as error:  # noqa: BLE001 - any failure is this job's, not the study's
         logger.error("%s failed:\n%s", checked.job.namespace, traceback.format_exc())
-        reason = failure_reason(error, record.batch_size)
+        reason = failure_reason(error, record)
         failed = replace(
             record, status=JobStatus.FAILED, reason=reason, finished_at=_now()
         )
         return failed, None
-    x, y = lsqml.from_ptychi_positions(
+    x, y = engines.from_ptychi_positions(
         result.position_x_px, result.position_y_px, arrays["objectGuess"].shape
     )
-    verdict = rule.final(result.loss)
     succeeded = replace(
         record,
         status=JobStatus.SUCCEEDED,
@@ -202,9 +205,7 @@ def _run_job(
         wall_time_s=result.wall_time_s,
         peak_gpu_memory_mb=result.peak_gpu_memory_mb,
         final_loss=float(result.loss[-1]),
-        epochs_run=verdict.epochs_run,
-        stop_reason=verdict.stop_reason.value,
-        converged=verdict.converged,
+        **ending(rule, result.loss),
         finished_at=_now(),
     )
     made = {
@@ -220,15 +221,70 @@ def _run_job(
     return succeeded, made
 
 
+def engine_inputs(
+    checked: CheckedInput, rows: np.ndarray | slice, ptychi_options: Any
+) -> tuple[engines.PtychiInputs, float | None]:
+    """The job's patterns and positions, starting object and probe, in pty-chi's
+    conventions; the factor the probe's power was scaled by (None: not rescaled)."""
+    arrays, options = checked.arrays, checked.options
+    inputs = engines.to_ptychi_inputs(
+        arrays["diffraction"][rows],
+        arrays["probeGuess"],
+        arrays["objectGuess"],
+        arrays["xcoords"][rows],
+        arrays["ycoords"][rows],
+        read_metadata(arrays).get("intensity_scale", 1.0),
+        options.object_init,
+    )
+    rescale = not engines.rescales_probe_itself(options.engine_spec, ptychi_options)
+    inputs, power = engines.starting_probe(inputs, options.probe_modes, rescale)
+    if power is not None:
+        logger.info(
+            "%s: probe power x %.4g to match the patterns (pty-chi's rescale_probe, "
+            "before %s)",
+            checked.job.namespace,
+            power,
+            options.engine,
+        )
+    return inputs, power
+
+
+def _ran_with(record: JobRecord, ptychi_options: Any) -> JobRecord:
+    """The record with what pty-chi ran with, its defaults included (no batch size for
+    an engine that updates with every position at once)."""
+    ran = ptychi_options.reconstructor_options
+    batches = ran.get_reconstructor_type().name not in engines.NO_MINIBATCHES
+    return replace(
+        record,
+        num_epochs=ran.num_epochs,
+        batch_size=ran.batch_size if batches else None,
+        position_correction=bool(ptychi_options.probe_position_options.optimizable),
+    )
+
+
+def ending(rule: StoppingRule | None, loss: np.ndarray) -> dict[str, Any]:
+    """How the run ended: the rule's verdict, or (no rule) the cap and no judgement."""
+    if rule is None:
+        stop = StopReason.EPOCH_CAP.value
+        return {"epochs_run": len(loss), "stop_reason": stop, "converged": None}
+    verdict = rule.final(loss)
+    return {
+        "epochs_run": verdict.epochs_run,
+        "stop_reason": verdict.stop_reason.value,
+        "converged": verdict.converged,
+    }
+
+
 @dataclass(frozen=True)
 class EpochMonitor:
-    """After each epoch: a non-finite loss fails the job; the stopping rule may end it."""
+    """After each epoch: a non-finite loss fails the job; the stopping rule, if there
+    is one, may end it."""
 
-    rule: StoppingRule
+    rule: StoppingRule | None
 
     def __call__(self, loss: np.ndarray) -> bool:
         _check_finite(len(loss) - 1, float(loss[-1]))
-        return self.rule.check(loss) is not None
+        return self.rule is not None and self.rule.check(loss) is not None
 
 
 def describe_scan(
@@ -261,7 +317,7 @@ def describe_scan(
     )
 
 
-def interleaved_halves(inputs: lsqml.PtychiInputs) -> list[lsqml.PtychiInputs]:
+def interleaved_halves(inputs: engines.PtychiInputs) -> list[engines.PtychiInputs]:
     """The even and the odd patterns, each a reconstruction's input of its own."""
     return [
         replace(
@@ -292,21 +348,22 @@ def _check_finite(epoch: int, loss: float) -> None:
         raise DivergedError(f"reconstruction diverged: loss is {loss} at epoch {epoch}")
 
 
-def _check_result(result: lsqml.LSQMLResult) -> None:
+def _check_result(result: engines.EngineResult) -> None:
     for name in ("object", "probe"):
         if not np.isfinite(getattr(result, name)).all():
             raise DivergedError(f"reconstruction diverged: the {name} has NaN or Inf")
 
 
-def failure_reason(error: BaseException, batch_size: int | None) -> str:
+def failure_reason(error: BaseException, record: JobRecord) -> str:
     """One line a scientist can act on."""
     import torch  # noqa: PLC0415 - torch costs seconds; every kedro command imports this
 
     if isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error):
+        key = (record.algorithm or "LSQML").lower()
         return (
             f"out of memory on the GPU: {error}. Reduce "
-            f"ptychi_baseline.lsqml.reconstructor_options.batch_size (now "
-            f"{batch_size}) or set max_patterns"
+            f"ptychi_baseline.{key}.reconstructor_options.batch_size (now "
+            f"{record.batch_size}) or set max_patterns"
         )
     if isinstance(error, DivergedError):
         return str(error)

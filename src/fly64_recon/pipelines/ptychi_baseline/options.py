@@ -10,6 +10,7 @@ from importlib.metadata import version
 from typing import Any
 
 from fly64_recon.convergence import StoppingRule
+from fly64_recon.pipelines.ptychi_baseline import engines
 
 OBJECT_INITS = ("flat", "ground_truth")
 HALF_DATASET_CHOICES = ("auto", True, False)
@@ -17,7 +18,12 @@ HALF_DATASET_CHOICES = ("auto", True, False)
 
 @dataclass(frozen=True)
 class BaselineOptions:
-    """How every job reconstructs; ``lsqml`` mirrors pty-chi's ``LSQMLOptions`` tree."""
+    """How every job reconstructs.
+
+    ``engine`` names one of pty-chi's engines (``engines.ENGINES``); only its own key is
+    read (``lsqml`` for LSQML, ``epie`` for EPIE, ...), which mirrors that engine's
+    pty-chi options tree.
+    """
 
     device: str = "auto"
     cpu_threads: int | None = None
@@ -34,9 +40,28 @@ class BaselineOptions:
     half_dataset_frc: str | bool = "auto"
     # The lit pixels of a scan (fly64_recon.beam): its photons per unit area.
     illumination_fraction: float = 0.1
+    engine: str = "LSQML"
+    # The starting probe: the given one plus orthogonal modes, this many in all.
+    probe_modes: int = 1
+    # Each engine's pty-chi options, under its own key; only ``engine``'s is read.
     lsqml: Mapping[str, Any] = field(default_factory=dict)
+    pie: Mapping[str, Any] = field(default_factory=dict)
+    epie: Mapping[str, Any] = field(default_factory=dict)
+    rpie: Mapping[str, Any] = field(default_factory=dict)
+    dm: Mapping[str, Any] = field(default_factory=dict)
+    raar: Mapping[str, Any] = field(default_factory=dict)
+    bh: Mapping[str, Any] = field(default_factory=dict)
+    ad_ptycho: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        engines.engine_named(self.engine)
+        if isinstance(self.probe_modes, bool) or not (
+            isinstance(self.probe_modes, int) and self.probe_modes >= 1
+        ):
+            raise ValueError(
+                f"ptychi_baseline.probe_modes must be a whole number >= 1, "
+                f"got {self.probe_modes!r}"
+            )
         if self.object_init not in OBJECT_INITS:
             raise ValueError(
                 f"ptychi_baseline.object_init must be one of {OBJECT_INITS}, "
@@ -80,21 +105,44 @@ class BaselineOptions:
             return not has_ground_truth
         return bool(self.half_dataset_frc)
 
+    @property
+    def engine_spec(self) -> engines.Engine:
+        """The chosen engine."""
+        return engines.ENGINES[self.engine]
+
+    @property
+    def engine_params(self) -> Mapping[str, Any]:
+        """The chosen engine's options, as the parameters give them."""
+        return getattr(self, self.engine_spec.key) or {}
+
+    def ptychi_options(self, device: str) -> Any:
+        """The chosen engine's pty-chi options for ``device``, checked: an option it
+        does not have, a bad value or something it cannot do is an ``OptionsError``."""
+        engine = self.engine_spec
+        options = engines.build_options(engine, self.engine_params, device)
+        engines.check_options(engine, self.engine_params, options)
+        return options
+
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> BaselineOptions:
-        """The ``ptychi_baseline`` parameters, checked; pty-chi checks ``lsqml`` later."""
+        """The ``ptychi_baseline`` parameters, checked, the engine's options by pty-chi
+        too: every job's validation refuses them before any job reconstructs."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(params) - known)
         if unknown:
             raise ValueError(
                 f"ptychi_baseline: unknown parameter(s) {unknown}; known: {sorted(known)}"
             )
-        return cls(**params)
+        options = cls(**params)
+        options.ptychi_options("cpu")
+        return options
 
     def fingerprint(self) -> str:
         """Hash of everything that changes a reconstruction (not where it runs)."""
         relevant = {
-            "lsqml": self.lsqml,
+            "engine": self.engine,
+            "engine_options": self.engine_params,
+            "probe_modes": self.probe_modes,
             "object_init": self.object_init,
             "max_patterns": self.max_patterns,
             "subsample_seed": self.subsample_seed,

@@ -16,7 +16,15 @@ from fly64_recon.study import Job, spacing_threshold
 
 SOURCE = "fly64_recon.simulate"
 # Keys whose first axis runs over scan positions; a view subsets exactly these.
-PER_POSITION_KEYS = ("diffraction", "xcoords", "ycoords", "scan_index", "Y")
+PER_POSITION_KEYS = (
+    "diffraction",
+    "xcoords",
+    "ycoords",
+    "xcoords_true",
+    "ycoords_true",
+    "scan_index",
+    "Y",
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +68,32 @@ def make_scan(params: dict[str, Any]) -> np.ndarray:
     )
 
 
+def position_error(params: dict[str, Any]) -> float:
+    """``simulate.scan.position_error``: std of the recorded positions' error, px."""
+    error = float(params["scan"].get("position_error", 0.0))
+    if not error >= 0:
+        raise ValueError(f"simulate.scan.position_error must be >= 0 px, got {error!r}")
+    return error
+
+
+def recorded_scan(scan: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+    """The positions the files record: the true scan, or it with the position error.
+
+    The error is drawn from the simulation seed alone, so every dose records the same
+    positions (one instrument, one scan)."""
+    error = position_error(params)
+    if error == 0:
+        return scan
+    return physics.recorded_positions(
+        scan,
+        error,
+        tuple(params["object_shape"]),
+        params["patch_size"],
+        params["scan"]["margin"],
+        physics.position_error_rng(params["seed"]),
+    )
+
+
 def simulate_dose(
     probe: np.ndarray,
     obj: np.ndarray,
@@ -69,7 +103,13 @@ def simulate_dose(
     dose: float,
     splits: tuple[str, ...],
 ) -> dict[str, dict[str, np.ndarray]]:
-    """The Phase C files of one dose: the whole scan's Poisson patterns, split by y."""
+    """The Phase C files of one dose: the whole scan's Poisson patterns, split by y.
+
+    The patterns are made at the true positions; the files record them with
+    ``simulate.scan.position_error`` (and the true ones as ``xcoords_true``/``ycoords_true``
+    when that is above 0).
+    """
+    recorded = recorded_scan(scan, params)
     train, test, middle = physics.split_by_y(scan)
     indices = {"train": train, "test": test}
     # Simulating split by split keeps each split's patterns contiguous (no copies).
@@ -97,12 +137,14 @@ def simulate_dose(
         "object_shape": list(obj.shape),
         "n_scan_positions": len(scan),
     }
+    if recorded is not scan:  # a file without a position error stays as it was
+        metadata["position_error_px"] = position_error(params)
     return {
         split: _phase_c_file(
             amplitudes[rows[split]],
             probe,
             obj,
-            scan,
+            (scan, recorded),
             indices[split],
             params["write_ground_truth_patches"],
             {
@@ -111,8 +153,8 @@ def simulate_dose(
                 "n_positions": len(indices[split]),
                 **scan_metadata(
                     probe,
-                    scan[indices[split], 1],
-                    scan[indices[split], 0],
+                    recorded[indices[split], 1],
+                    recorded[indices[split], 0],
                     obj.shape,
                     dose,
                     params["illumination_fraction"],
@@ -208,20 +250,24 @@ def _phase_c_file(
     amplitudes: np.ndarray,
     probe: np.ndarray,
     obj: np.ndarray,
-    scan: np.ndarray,
+    positions: tuple[np.ndarray, np.ndarray],
     index: np.ndarray,
     with_patches: bool,
     metadata: dict[str, Any],
 ) -> dict[str, np.ndarray]:
-    """One Phase C split as DATA-001 arrays."""
+    """One Phase C split as DATA-001 arrays; ``positions``: the true and the recorded."""
+    scan, recorded = positions
     arrays = {
         "diffraction": amplitudes,
         "probeGuess": probe,
         "objectGuess": obj,
-        "xcoords": scan[index, 1],
-        "ycoords": scan[index, 0],
+        "xcoords": recorded[index, 1],
+        "ycoords": recorded[index, 0],
         "scan_index": index.astype(np.int64),
     }
+    if recorded is not scan:
+        arrays["xcoords_true"] = scan[index, 1]
+        arrays["ycoords_true"] = scan[index, 0]
     if with_patches:
         arrays["Y"] = np.ascontiguousarray(
             physics.extract_patches(obj, scan[index], probe.shape[-1])

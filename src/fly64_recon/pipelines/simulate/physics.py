@@ -22,7 +22,7 @@ from scipy.spatial import cKDTree
 
 SCAN_PATTERNS = ("fly", "random")
 # Independent random streams of one simulation seed.
-_OBJECT_STREAM, _SCAN_STREAM, _NOISE_STREAM = 1, 2, 3
+_OBJECT_STREAM, _SCAN_STREAM, _NOISE_STREAM, _POSITION_ERROR_STREAM = 1, 2, 3, 4
 # Sub-pixel shifts need one extra object pixel on each side of a footprint.
 _SHIFT_PAD = 1
 
@@ -35,6 +35,11 @@ def object_rng(seed: int) -> np.random.Generator:
 def scan_rng(seed: int) -> np.random.Generator:
     """The random stream of the scan positions."""
     return np.random.default_rng([seed, _SCAN_STREAM])
+
+
+def position_error_rng(seed: int) -> np.random.Generator:
+    """The random stream of the recorded positions' errors."""
+    return np.random.default_rng([seed, _POSITION_ERROR_STREAM])
 
 
 def noise_keys(seed: int, dose: float, scan_index: np.ndarray) -> np.ndarray:
@@ -180,6 +185,20 @@ def fly_scan(
     positions = np.stack([y.ravel(), x.ravel()], axis=1)
     positions += rng.normal(0.0, jitter, positions.shape)
     return np.clip(positions, low, high)
+
+
+def recorded_positions(
+    positions: np.ndarray,
+    error: float,
+    object_shape: tuple[int, int],
+    size: int,
+    margin: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """The positions as an encoder records them: Gaussian error of std ``error`` px on
+    each coordinate of the true ones, clipped so that every footprint still fits."""
+    low, high = scan_bounds(object_shape, size, margin)
+    return np.clip(positions + rng.normal(0.0, error, positions.shape), low, high)
 
 
 def random_scan(
