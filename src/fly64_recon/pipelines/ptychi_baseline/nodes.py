@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from fly64_recon.datasets.npz import NPZFormatError, NPZSource
 from fly64_recon.pipelines.ptychi_baseline import lsqml
 from fly64_recon.pipelines.ptychi_baseline.figures import job_figure
 from fly64_recon.pipelines.ptychi_baseline.options import BaselineOptions
+from fly64_recon.progress import report_epoch
 from fly64_recon.record import JobRecord, JobStatus, current_worker
 from fly64_recon.study import Job
 
@@ -161,8 +163,9 @@ def _run_job(
             read_metadata(arrays).get("intensity_scale", 1.0),
             options.object_init,
         )
+        on_epoch = partial(_after_epoch, checked.job.namespace, ran.num_epochs)
         result = lsqml.run_lsqml(
-            inputs, ptychi_options, device, _check_finite, options.cpu_threads
+            inputs, ptychi_options, device, on_epoch, options.cpu_threads
         )
         _check_result(result)
     except Exception as error:  # noqa: BLE001 - any failure is this job's, not the study's
@@ -206,6 +209,12 @@ def subsample(n_patterns: int, options: BaselineOptions) -> np.ndarray:
 def _rows(indices: np.ndarray, n_patterns: int) -> np.ndarray | slice:
     """``indices`` as a slice when they are every pattern: a slice copies nothing."""
     return slice(None) if len(indices) == n_patterns else indices
+
+
+def _after_epoch(namespace: str, num_epochs: int, epoch: int, loss: float) -> None:
+    """Stop a diverged job; report the epoch (1-based) to the study's console."""
+    _check_finite(epoch, loss)
+    report_epoch(namespace, epoch + 1, num_epochs, loss)
 
 
 def _check_finite(epoch: int, loss: float) -> None:
