@@ -255,6 +255,7 @@ class StudyRun:
         self._log = RunLog(self._paths.logs) if self._paths.logs else None
         self._epochs = _EpochHandler(self)
         self._open = False
+        self._opened_at = time.time()
 
     def open(self) -> None:
         """Start the log file, listen for epochs, show the display."""
@@ -294,7 +295,10 @@ class StudyRun:
             "log": self._log.path if self._log else None,
         }
         manifest = read_json(self._paths.manifest)
-        for line in ["", *closing_summary(self.progress, manifest, where, error)]:
+        summary = closing_summary(
+            self.progress, manifest, where, error, self._opened_at
+        )
+        for line in ["", *summary]:
             self._console.print(line, markup=False, highlight=False, soft_wrap=True)
         if self._log:
             self._log.close()

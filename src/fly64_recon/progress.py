@@ -23,6 +23,9 @@ PROGRESS_LOGGER = "fly64_recon.progress"
 WORKED = (JobStatus.SUCCEEDED, JobStatus.FAILED)
 
 logger = logging.getLogger(PROGRESS_LOGGER)
+# The console's data, whatever level a logging configuration gives ``fly64_recon``
+# (a configuration that names this logger still decides).
+logger.setLevel(logging.INFO)
 
 
 def report_epoch(namespace: str, epoch: int, num_epochs: int, loss: float) -> None:

@@ -26,8 +26,13 @@ def closing_summary(
     manifest: Mapping[str, Any] | None,
     where: Mapping[str, Path | None],
     error: BaseException | None = None,
+    since: float | None = None,
 ) -> list[str]:
-    """The summary's lines: headline, metric table, failures, where things are."""
+    """The summary's lines: headline, metric table, failures, where things are.
+
+    ``since`` (Unix time) is when the run started: a file in ``where`` not written since
+    is marked as an earlier run's.
+    """
     lines = [headline(progress, error)]
     jobs = manifest.get("jobs", []) if manifest else []
     lines += ["", *metric_table(jobs)] if jobs else []
@@ -35,7 +40,7 @@ def closing_summary(
     if failures:
         lines += ["", "Failed jobs:"]
         lines += [f"  {ns}: {first_line(why)}" for ns, why in failures.items()]
-    lines += ["", *locations(where)]
+    lines += ["", *locations(where, since)]
     return lines
 
 
@@ -118,13 +123,16 @@ def _dig(data: Any, *keys: str) -> Any:
     return data
 
 
-def locations(where: Mapping[str, Path | None]) -> list[str]:
-    """One line per place a person looks next, the files that exist."""
-    width = max(map(len, where), default=0) + 2
+def locations(
+    where: Mapping[str, Path | None], since: float | None = None
+) -> list[str]:
+    """One line per place a person looks next, for the files that exist."""
+    found = {name: path for name, path in where.items() if path and path.exists()}
+    width = max(map(len, found), default=0) + 2
     return [
         f"{name.ljust(width)}{shown(path)}"
-        for name, path in where.items()
-        if path is not None and path.exists()
+        + (" (from an earlier run)" if since and path.stat().st_mtime < since else "")
+        for name, path in found.items()
     ]
 
 
