@@ -53,7 +53,12 @@ def output(of: Console) -> list[str]:
 
 def succeeded(job: Job, seconds: float = 8.25, loss: float = 0.0213) -> JobRecord:
     return JobRecord(
-        job, JobStatus.SUCCEEDED, wall_time_s=seconds, final_loss=loss, num_epochs=4
+        job,
+        JobStatus.SUCCEEDED,
+        device="cpu",
+        wall_time_s=seconds,
+        final_loss=loss,
+        num_epochs=4,
     )
 
 
@@ -155,7 +160,7 @@ def test_the_closing_summary_says_what_ran_how_well_what_failed_and_where(tmp_pa
     lines = closing_summary(progress, manifest, where, since=time.time() - 60)
 
     assert lines[0].startswith("Run finished in 0:00:0")
-    assert lines[0].endswith(": 3 job(s): 1 succeeded, 1 failed, 1 cached.")
+    assert lines[0].endswith(": 3 job(s) on cpu: 1 succeeded, 1 failed, 1 cached.")
     table = lines[lines.index("view      dose 1e3         dose 1e5") - 1 :][:4]
     assert table[0].startswith("Phase MAE (rad) against the ground truth")
     assert "[null: no reconstruction" in table[0]

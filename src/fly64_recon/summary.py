@@ -57,7 +57,11 @@ def headline(progress: StudyProgress, error: BaseException | None = None) -> str
     parts = [f"{counts[s]} {s}" for s in OUTCOMES if counts[s]]
     missing = progress.total - len(progress.finished)
     parts += [f"{missing} not finished"] if missing else []
-    return f"{start}: {progress.total} job(s): {', '.join(parts)}."
+    devices = sorted(
+        {r.device for r in progress.finished.values() if r.device and r.wall_time_s}
+    )
+    on = f" on {', '.join(devices)}" if devices else ""
+    return f"{start}: {progress.total} job(s){on}: {', '.join(parts)}."
 
 
 def metric_table(jobs: Sequence[Mapping[str, Any]]) -> list[str]:
