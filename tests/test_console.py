@@ -83,8 +83,11 @@ def test_without_a_terminal_a_line_per_job_and_progress_at_most_every_10_s():
 
     lines = output(plain)
     assert lines[0] == "Running 3 reconstruction job(s)"
-    assert lines[1].startswith("0/3 jobs done, 0:00:11 elapsed, about 0:00:")
-    assert lines[1].endswith("; running dose_1e3.baseline.test epoch 2/4")
+    # A quarter of a job in the 9 s since the first epoch; 2.5 jobs left.
+    assert lines[1] == (
+        "0/3 jobs done, 0:00:11 elapsed, about 0:01:30 left; "
+        "running dose_1e3.baseline.test epoch 2/4"
+    )
     assert lines[2:] == ["a job finished"]
     assert "\x1b" not in plain.file.getvalue()
 
@@ -117,7 +120,7 @@ def test_a_terminal_gets_the_live_display():
     shown.print(render(progress))
     text = shown.file.getvalue()
     assert "1/3 jobs done (1 cached)" in text
-    assert "dose_1e3.baseline.test epoch 12/20, loss 0.0213" in text
+    assert "dose_1e3.baseline.test  epoch 12/20  loss 0.0213" in text
 
     run = StudyRun(NAMES, RunPaths(), console(terminal=True))
     assert isinstance(run._view, LiveView)

@@ -96,21 +96,18 @@ def status_line(progress: StudyProgress) -> str:
     return text + (f", about {clock(left)} left" if left is not None else "")
 
 
-def running_line(namespace: str, progress: StudyProgress, loss: bool = True) -> str:
-    """``dose_1e4.dense.test epoch 12/20, loss 0.0213``."""
+def running_line(namespace: str, progress: StudyProgress) -> str:
+    """``dose_1e4.dense.test epoch 12/20``."""
     job = progress.running[namespace]
-    text = namespace
-    if job.num_epochs:
-        text += f" epoch {job.epoch}/{job.num_epochs}"
-    if loss and job.loss is not None:
-        text += f", loss {job.loss:.4g}"
-    return text
+    return namespace + (
+        f" epoch {job.epoch}/{job.num_epochs}" if job.num_epochs else ""
+    )
 
 
 def running_list(progress: StudyProgress) -> str:
     """The first running jobs with their epoch, and how many more: for one line."""
     names = list(progress.running)
-    shown = [running_line(ns, progress, loss=False) for ns in names[:SHOWN_RUNNING]]
+    shown = [running_line(ns, progress) for ns in names[:SHOWN_RUNNING]]
     more = len(names) - SHOWN_RUNNING
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
@@ -199,7 +196,7 @@ class LiveView:
 
 
 def render(progress: StudyProgress) -> RenderableType:
-    """The live display: a bar and the status line, then the running jobs."""
+    """The live display: a bar and the status line, then a row per running job."""
     running = sum(job.fraction for job in progress.running.values())
     bar = ProgressBar(
         total=max(progress.total, 1),
@@ -208,11 +205,16 @@ def render(progress: StudyProgress) -> RenderableType:
     )
     head = Table.grid(padding=(0, 1))
     head.add_row(bar, Text(status_line(progress)))
+    jobs = Table.grid(padding=(0, 2))
     names = list(progress.running)
-    lines = [Text("  " + running_line(ns, progress)) for ns in names[:SHOWN_RUNNING]]
+    for namespace in names[:SHOWN_RUNNING]:
+        job = progress.running[namespace]
+        epoch = f"epoch {job.epoch}/{job.num_epochs}" if job.num_epochs else "starting"
+        loss = f"loss {job.loss:.4g}" if job.loss is not None else ""
+        jobs.add_row(f"  {namespace}", epoch, loss)
     if len(names) > SHOWN_RUNNING:
-        lines.append(Text(f"  and {len(names) - SHOWN_RUNNING} more running"))
-    return Group(head, *lines)
+        jobs.add_row(f"  and {len(names) - SHOWN_RUNNING} more running", "", "")
+    return Group(head, jobs)
 
 
 class _EpochHandler(logging.Handler):

@@ -21,6 +21,7 @@ PROGRESS_LOGGER = "fly64_recon.progress"
 
 # Finished jobs that did a reconstruction's work: the pace of the run is theirs.
 WORKED = (JobStatus.SUCCEEDED, JobStatus.FAILED)
+MIN_PACE_S = 2.0  # a pace measured over less says nothing
 
 logger = logging.getLogger(PROGRESS_LOGGER)
 # The console's data, whatever level a logging configuration gives ``fly64_recon``
@@ -76,9 +77,8 @@ class StudyProgress:
         self.finished: dict[str, JobRecord] = {}
         self._clock = clock
         self._started_at = clock()
-        self._pace_from: float | None = (
-            None  # the first epoch (imports done), else start
-        )
+        # Where the pace is measured from: (time, work done then), see remaining().
+        self._pace: tuple[float, float] | None = None
         self._epochs_seen = False
         self._starts = 0
         self._worked = 0  # finished jobs that reconstructed (not cached, not skipped)
@@ -100,12 +100,12 @@ class StudyProgress:
         job = self._running(namespace)
         job.epoch, job.num_epochs, job.loss = epoch, num_epochs, loss
         if not self._epochs_seen:
-            self._epochs_seen, self._pace_from = True, self._clock()
+            self._epochs_seen, self._pace = True, (self._clock(), self._done())
 
     def _running(self, namespace: str) -> RunningJob:
         now = self._clock()
-        if self._pace_from is None:
-            self._pace_from = now
+        if self._pace is None:
+            self._pace = (now, 0.0)
         return self.running.setdefault(namespace, RunningJob(now))
 
     def finish(self, record: JobRecord) -> bool:
@@ -137,15 +137,22 @@ class StudyProgress:
         return self._clock() - self._started_at
 
     def remaining(self) -> float | None:
-        """Seconds left at the jobs' pace so far, None before any progress.
+        """Seconds left at the jobs' pace so far, None until there is one.
 
-        The pace is jobs and epochs done per second since the first epoch (a job's
-        first seconds import torch and pty-chi), or since the first job started for
-        jobs that report no epochs.
+        The pace is jobs and epochs done per second since the first epoch was reported
+        (a job's first seconds import torch and pty-chi), or since the first job started
+        for jobs that report no epochs.
         """
-        running = sum(job.fraction for job in self.running.values())
-        done = self._worked + running
-        left = self.total - len(self.finished) - running
-        if done <= 0 or self._pace_from is None:
+        if self._pace is None:
             return None
-        return max(left, 0.0) * (self._clock() - self._pace_from) / done
+        since, done_then = self._pace
+        done, seconds = self._done() - done_then, self._clock() - since
+        if done <= 0 or seconds < MIN_PACE_S:
+            return None
+        running = sum(job.fraction for job in self.running.values())
+        left = self.total - len(self.finished) - running
+        return left * seconds / done if left > 0 else None
+
+    def _done(self) -> float:
+        """Jobs' worth of reconstruction done: finished ones and running fractions."""
+        return self._worked + sum(job.fraction for job in self.running.values())
