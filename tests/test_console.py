@@ -72,14 +72,13 @@ def test_without_a_terminal_a_line_per_job_and_progress_at_most_every_10_s():
     progress.start(NAMES[0])
     clock.now = 2.0
     progress.epoch(NAMES[0], 1, 4, 0.5)
-    view.update()  # 2 s after the start: nothing yet
+    assert view.due() is None  # 2 s after the start
     clock.now = 11.0
     progress.epoch(NAMES[0], 2, 4, 0.25)
-    view.update()
+    view.show(view.due())
     clock.now = 12.0
-    view.update()  # 1 s after the last progress line
-    progress.finish(succeeded(JOBS[0]))
-    view.finished("a job finished")
+    assert view.due() is None  # 1 s after the last progress line
+    view.show("a job finished")
 
     lines = output(plain)
     assert lines[0] == "Running 3 reconstruction job(s)"

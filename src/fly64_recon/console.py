@@ -113,11 +113,16 @@ def running_list(progress: StudyProgress) -> str:
 
 
 class View(Protocol):
-    """How the study's progress is shown: begin, a job finished, an update, end."""
+    """How the study's progress is shown.
+
+    ``due`` is called with the run's lock held and only reads the progress; ``show``
+    prints, without the lock (the live display's refresh thread takes the lock to
+    draw, and rich's own lock to print).
+    """
 
     def begin(self) -> None: ...
-    def finished(self, line: str) -> None: ...
-    def update(self) -> None: ...
+    def due(self) -> str | None: ...
+    def show(self, line: str) -> None: ...
     def end(self) -> None: ...
 
 
@@ -139,25 +144,21 @@ class PlainView:
 
     def begin(self) -> None:
         if self._progress.total:
-            self._print(f"Running {self._progress.total} reconstruction job(s)")
+            self.show(f"Running {self._progress.total} reconstruction job(s)")
 
-    def finished(self, line: str) -> None:
-        self._print(line)
-
-    def update(self) -> None:
+    def due(self) -> str | None:
+        """The progress line, when the last one is ``every`` seconds old."""
         if self._clock() - self._last < self._every or not self._progress.total:
-            return
-        running = running_list(self._progress)
+            return None
         self._last = self._clock()
-        self._print(
-            status_line(self._progress) + (f"; running {running}" if running else "")
-        )
+        running = running_list(self._progress)
+        return status_line(self._progress) + (f"; running {running}" if running else "")
+
+    def show(self, line: str) -> None:
+        self._console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def end(self) -> None:
         """Nothing to take down."""
-
-    def _print(self, line: str) -> None:
-        self._console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 class LiveView:
@@ -181,11 +182,11 @@ class LiveView:
     def begin(self) -> None:
         self._live.start()
 
-    def finished(self, line: str) -> None:
-        self._live.console.print(line, markup=False, highlight=False)
+    def due(self) -> None:
+        """Never: the display refreshes itself."""
 
-    def update(self) -> None:
-        """The display refreshes itself."""
+    def show(self, line: str) -> None:
+        self._live.console.print(line, markup=False, highlight=False)
 
     def end(self) -> None:
         self._live.stop()
@@ -274,17 +275,24 @@ class StudyRun:
             return self.progress.start(namespace)
 
     def epoch(self, namespace: str, epoch: int, num_epochs: int, loss: float) -> None:
-        """A running job finished an epoch."""
+        """A running job finished an epoch (from the log listener's thread, too)."""
         with self._lock:
             self.progress.epoch(namespace, epoch, num_epochs, loss)
-            self._view.update()
+            lines = [self._view.due()]
+        self._show(lines)
 
     def job_finished(self, record: JobRecord) -> None:
         """A node returned a job's record."""
         with self._lock:
-            if self.progress.finish(record):
-                self._view.finished(finished_line(self.progress, record))
-            self._view.update()
+            first = self.progress.finish(record)
+            lines = [finished_line(self.progress, record) if first else None]
+            lines.append(self._view.due())
+        self._show(lines)
+
+    def _show(self, lines: list[str | None]) -> None:
+        for line in lines:
+            if line is not None:
+                self._view.show(line)
 
     def close(self, error: BaseException | None = None) -> None:
         """Take the display down, print the summary, close the log file."""
