@@ -108,8 +108,8 @@ def test_a_worker_per_core_or_workers_per_gpu_on_each_gpu(monkeypatch):
     ]
     monkeypatch.setattr(pool, "visible_gpus", lambda: ["0", "3"])
     slots = pool.worker_slots(per_gpu=2)
-    assert [slot.name for slot in slots] == ["gpu0-0", "gpu0-1", "gpu3-0", "gpu3-1"]
-    assert [slot.env["CUDA_VISIBLE_DEVICES"] for slot in slots] == ["0", "0", "3", "3"]
+    assert [slot.name for slot in slots] == ["gpu0-0", "gpu3-0", "gpu0-1", "gpu3-1"]
+    assert [slot.env["CUDA_VISIBLE_DEVICES"] for slot in slots] == ["0", "3", "0", "3"]
     with pytest.raises(ValueError, match="workers_per_gpu must be a whole number"):
         PoolRunner(workers_per_gpu=0)
 

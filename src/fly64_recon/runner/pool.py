@@ -82,6 +82,7 @@ from fly64_recon.runner.worker import (
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.2
+WORKER_MODULE = "fly64_recon.runner.worker"
 
 
 class WorkerTraceback(Exception):
@@ -167,7 +168,11 @@ class PoolRunner(AbstractRunner):
 
 
 def worker_slots(per_gpu: int = 1) -> list[Slot]:
-    """``per_gpu`` slots per visible GPU (each sees only its GPU), else one per core."""
+    """``per_gpu`` slots per visible GPU (each sees only its GPU), else one per core.
+
+    GPU slots take turns over the GPUs, so that fewer jobs than slots still spread over
+    every GPU.
+    """
     gpus = visible_gpus()
     if gpus:
         return [
@@ -175,8 +180,8 @@ def worker_slots(per_gpu: int = 1) -> list[Slot]:
                 f"gpu{gpu}" + (f"-{k}" if per_gpu > 1 else ""),
                 {"CUDA_VISIBLE_DEVICES": gpu},
             )
-            for gpu in gpus
             for k in range(per_gpu)
+            for gpu in gpus
         ]
     return [Slot(f"cpu{i}") for i in range(available_cores())]
 
@@ -196,11 +201,25 @@ def start_method() -> str:
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
+def worker_context() -> multiprocessing.context.BaseContext:
+    """The multiprocessing context of the workers.
+
+    The fork server imports the worker's module once (every worker is forked from it
+    with Kedro and the project loaded, not torch), and not ``__main__``: a script that
+    starts ``kedro run`` without an ``if __name__ == "__main__"`` guard must not run
+    again in it.
+    """
+    context = multiprocessing.get_context(start_method())
+    if start_method() == "forkserver":
+        context.set_forkserver_preload([WORKER_MODULE])
+    return context
+
+
 class _Setup:
     """The pool's processes and queues for one run."""
 
     def __init__(self, slots: list[Slot], threads: int) -> None:
-        self.context = multiprocessing.get_context(start_method())
+        self.context = worker_context()
         self.slots = slots
         self.starts = self.context.Queue()
         self.logs = self.context.Queue()
