@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from rich.console import Console
 
+from fly64_recon import console as console_module
 from fly64_recon.console import (
     LiveView,
     PlainView,
@@ -232,3 +234,15 @@ def test_run_paths_come_from_the_globals_and_runtime_params(tmp_path):
     assert paths.manifest == Path("/data/out/reconstruction_manifest.json")
     assert paths.report == tmp_path / "data/08/study_summary.md"
     assert paths.logs == Path("/data/out/logs")
+
+
+def test_the_summary_names_the_files_the_catalog_writes():
+    conf = Path(__file__).resolve().parents[1] / "conf" / "base"
+    catalog = yaml.safe_load((conf / "catalog.yml").read_text())
+    catalog |= yaml.safe_load((conf / "catalog_evaluation.yml").read_text())
+    manifest = catalog["{dose}.{view}.{split}.manifest_entry"]["filepath"]
+    assert manifest.endswith(
+        "${globals:artifact_root}}/" + console_module.MANIFEST_FILE
+    )
+    report = catalog["study_summary.report"]["filepath"]
+    assert report.endswith("${globals:reporting_root}}/" + console_module.REPORT_FILE)
