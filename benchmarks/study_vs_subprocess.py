@@ -5,9 +5,10 @@ Usage (from the project root)::
     python benchmarks/study_vs_subprocess.py [--epochs 2] [--repeats 2]
         [--workdir /tmp/fly64_bench]
 
-* ``kedro``: one ``kedro run --pipeline ptychi_baseline`` of the whole embedded study
-  (conf/base, 3 doses x 3 views x 2 splits) into a fresh artifact root: one Python
-  process, one import of torch and pty-chi, every job validated, reconstructed,
+* ``kedro``: one ``kedro run --pipeline ptychi_baseline --runner SequentialRunner`` of
+  the whole embedded study (conf/base, 3 doses x 3 views x 2 splits) into a fresh
+  artifact root: one Python process (``benchmarks/runners.py`` measures the default,
+  parallel runner), one import of torch and pty-chi, every job validated, reconstructed,
   written, plotted and entered in the manifest.
 * ``subprocess``: the original study's shape: for each job, in turn, a fresh
   ``python benchmarks/bare_job.py`` that imports torch and pty-chi and runs the same
@@ -49,7 +50,10 @@ ARMS = ("kedro", "subprocess")
 def kedro_arm(project: Path, out: Path, epochs: int) -> dict:
     """The whole study in one ``kedro run``; every job must succeed."""
     params = f"{epochs_param(epochs)},artifact_root={out}"
-    command = kedro_command("run", "--pipeline", "ptychi_baseline", "--params", params)
+    command = kedro_command(
+        *("run", "--pipeline", "ptychi_baseline", "--runner", "SequentialRunner"),
+        *("--params", params),
+    )
     wall = run_logged(command, project, out.parent / "kedro.log", kedro_env())
     manifest = json.loads((out / "reconstruction_manifest.json").read_text())
     jobs = manifest["jobs"]

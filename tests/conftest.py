@@ -155,3 +155,20 @@ def make_tiny_project(
 def tiny_kedro_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny project with doses ``TINY_DOSES``."""
     return make_tiny_project(tmp_path_factory.mktemp("tiny_project"), TINY_DOSES)
+
+
+RECONSTRUCTION = "ptychi_reconstruction.npz"
+
+
+def assert_same_reconstructions(reference: Path, artifacts: Path) -> int:
+    """Every array of every reconstruction bit for bit; returns how many files."""
+    files = sorted(reference.rglob(RECONSTRUCTION))
+    for path in files:
+        with (
+            np.load(path) as ours,
+            np.load(artifacts / path.relative_to(reference)) as theirs,
+        ):
+            assert set(ours.files) == set(theirs.files), path
+            for key in set(ours.files) - {"provenance"}:
+                assert np.array_equal(ours[key], theirs[key]), (path, key)
+    return len(files)

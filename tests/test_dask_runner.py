@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -13,22 +14,23 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import dask
-import numpy as np
 import pytest
-from conftest import TINY_SIMULATE, make_tiny_project, run_kedro
+from conftest import (
+    TINY_SIMULATE,
+    assert_same_reconstructions,
+    make_tiny_project,
+    run_kedro,
+)
 from distributed import Client
 from kedro.config import OmegaConfigLoader
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 from kedro.runner import AbstractRunner, SequentialRunner
 
-from fly64_recon import runner as dask_runner
-from fly64_recon.runner import (
-    START_TOPIC,
-    DaskRunner,
-    local_cluster,
-    memory_handoffs,
-)
+from fly64_recon.runner import common
+from fly64_recon.runner import dask as dask_runner
+from fly64_recon.runner.common import fast_malloc, memory_handoffs
+from fly64_recon.runner.dask import START_TOPIC, DaskRunner, local_cluster
 from fly64_recon.settings import CONFIG_LOADER_ARGS
 
 ENV = "dask"
@@ -42,7 +44,6 @@ TINY = {
     },
     "ptychi_baseline": {"lsqml": {"reconstructor_options": {"num_epochs": 3}}},
 }
-RECONSTRUCTION = "ptychi_reconstruction.npz"
 
 
 # Fast checks of how the local cluster and the tasks are shaped.
@@ -95,13 +96,20 @@ def test_workers_per_gpu_without_a_gpu_says_it_does_nothing(monkeypatch, caplog)
 
 def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
     torch = pytest.importorskip("torch")
+    monkeypatch.setattr(common, "_gpu_driver", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert dask_runner.visible_gpus() == ["0", "1"]
+    assert common.visible_gpus() == ["0", "1"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,6")
-    assert dask_runner.visible_gpus() == ["3", "6"]
+    assert common.visible_gpus() == ["3", "6"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert dask_runner.visible_gpus() == []
+    assert common.visible_gpus() == []
+
+
+def test_without_a_gpu_driver_no_gpu_is_counted_and_torch_is_not_asked(monkeypatch):
+    monkeypatch.setattr(common, "GPU_DRIVER_PATHS", ("/nonexistent/nvidia",))
+    monkeypatch.setitem(sys.modules, "torch", None)  # importing it would fail
+    assert common.visible_gpus() == []
 
 
 def test_the_dask_environment_changes_where_data_goes_not_the_study():
@@ -194,20 +202,6 @@ def statuses(artifacts: Path) -> dict[str, str]:
     return {job["namespace"]: job["status"] for job in manifest(artifacts)["jobs"]}
 
 
-def assert_same_reconstructions(reference: Path, artifacts: Path) -> int:
-    """Every array of every reconstruction bit for bit; returns how many files."""
-    files = sorted(reference.rglob(RECONSTRUCTION))
-    for path in files:
-        with (
-            np.load(path) as ours,
-            np.load(artifacts / path.relative_to(reference)) as theirs,
-        ):
-            assert set(ours.files) == set(theirs.files), path
-            for key in set(ours.files) - {"provenance"}:
-                assert np.array_equal(ours[key], theirs[key]), (path, key)
-    return len(files)
-
-
 def starts_since(client: Client, since: float) -> list[dict]:
     """The node starts the workers reported after ``since`` (Unix time)."""
     return [msg for stamp, msg in client.get_events(START_TOPIC) if stamp >= since]
@@ -237,6 +231,19 @@ def test_every_node_ran_once_and_both_workers_worked(dask_run):
     nodes = Counter(node.name for node in pipelines["ptychi_baseline"].nodes)
     assert Counter(msg["node"] for msg in dask_run.started) == nodes
     assert {msg["name"] for msg in dask_run.started} == {"cpu0", "cpu1"}
+
+
+@pytest.mark.e2e
+def test_tasks_run_with_glibcs_dynamic_malloc_restored(cluster, dask_run):
+    """Dask's Nanny sets MALLOC_TRIM_THRESHOLD_ for its workers, which turns glibc's
+    dynamic mmap threshold off (3x slower LSQML epochs): the local cluster keeps it out
+    of the workers' environment, and every task calls fast_malloc for workers that
+    others started."""
+    trim = cluster.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_")
+    assert set(trim.values()) == {None}
+    calls = cluster.run(lambda: fast_malloc.cache_info().currsize)
+    assert set(calls.values()) == {1}
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ
 
 
 @pytest.mark.e2e

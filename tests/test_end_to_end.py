@@ -21,11 +21,14 @@ pytestmark = pytest.mark.e2e
 DOSES = (1000.0, 10000.0, 100000.0)
 EPOCHS = 12
 ARTIFACTS = "data/07_model_output/ptychi_baseline"
+CONSOLE = "kedro_run_console.txt"
 
 
 def kedro(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """``kedro <args>`` in the project's tiny environment, as a user would type it."""
-    result = run_kedro(project, *args, env={"KEDRO_ENV": TINY_ENV}, timeout=900)
+    """``kedro <args>`` in the project's tiny environment, as a user would type it
+    (its output read at 120 columns, without a terminal)."""
+    env = {"KEDRO_ENV": TINY_ENV, "COLUMNS": "120"}
+    result = run_kedro(project, *args, env=env, timeout=900)
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -43,8 +46,30 @@ def project(tmp_path_factory) -> Path:
     root = make_tiny_project(
         tmp_path_factory.mktemp("e2e"), DOSES, {"ptychi_baseline": epochs}
     )
-    kedro(root, "run")
+    done = kedro(root, "run")
+    (root / CONSOLE).write_text(done.stdout + done.stderr)
     return root
+
+
+def test_the_console_is_short_and_ends_with_the_summary(project):
+    """Progress and summary, no Kedro INFO lines, no warnings, and a log of the rest."""
+    lines = (project / CONSOLE).read_text().splitlines()
+    assert len(lines) <= 200
+    assert "WARNING" not in "\n".join(lines) and "INFO" not in "\n".join(lines)
+    assert lines[0] == "Running 18 reconstruction job(s)"
+    assert sum(line.startswith("[") for line in lines) == 18
+    start = next(i for i, line in enumerate(lines) if line.startswith("Run finished"))
+    summary = lines[start:]
+    assert summary[0].endswith(": 18 job(s) on cpu: 18 succeeded.")
+    table = summary[
+        summary.index("view      dose 1e3         dose 1e4         dose 1e5") :
+    ]
+    assert [row.split()[0] for row in table[1:4]] == ["baseline", "dense", "sparse"]
+    assert all(len(row.split()) == 4 for row in table[1:4])  # a number per dose
+    places = {line.split()[0]: line.split()[1] for line in summary[-3:]}
+    assert places["report"] == "data/08_reporting/study_summary.md"
+    assert places["manifest"] == f"{ARTIFACTS}/reconstruction_manifest.json"
+    assert (project / places["log"]).read_text().count("Running node: ") >= 18 * 5
 
 
 def test_every_job_succeeds_and_says_what_it_did(project):

@@ -4,7 +4,14 @@ Kedro 1.x only has ``--namespaces`` (comma-separated), and deprecates ``--pipeli
 favour of ``--pipelines``. Scientists type ``kedro run --pipeline ptychi_baseline
 --namespace dose_1e4``; this wraps Kedro's command unchanged, adds ``--namespace`` and
 hands ``--pipeline`` to Kedro as ``--pipelines``, so every option keeps Kedro's meaning
-and none warns.
+and none warns. Three things differ from Kedro's defaults:
+
+- without ``--runner`` the project's ``PoolRunner`` runs independent jobs at once on
+  every core (``--runner SequentialRunner`` for Kedro's one-node-at-a-time run);
+- a runner whose optional dependency is missing stops at once with one line naming
+  the ``pip install`` that brings it;
+- a run whose jobs failed ends with one line per failure and exit code 1, after the
+  console's summary, instead of a traceback.
 """
 
 from __future__ import annotations
@@ -14,13 +21,36 @@ from typing import Any
 import click
 from kedro.framework.cli.project import run as kedro_run
 
+from fly64_recon.hooks import JobsFailedError
+from fly64_recon.runner import MissingExtraError
+
+DEFAULT_RUNNER = "fly64_recon.runner.PoolRunner"
+RUNNER_HELP = (
+    "The runner: by default fly64_recon.runner.PoolRunner (independent jobs at once, "
+    "one per core or per GPU; --runner-params max_workers=N caps them). "
+    "SequentialRunner runs one node at a time in this process; "
+    "fly64_recon.runner.DaskRunner on a Dask cluster (docs/cluster.md)."
+)
+
 
 def _run(ctx: click.Context, namespace: tuple[str, ...], **kwargs: Any):
     kwargs["namespaces"] = [*kwargs["namespaces"], *namespace]
     if kwargs["pipeline"]:
         kwargs["pipelines"] = [*kwargs["pipelines"], kwargs["pipeline"]]
         kwargs["pipeline"] = None
-    return ctx.invoke(kedro_run.callback, **kwargs)
+    kwargs["runner"] = kwargs["runner"] or DEFAULT_RUNNER
+    try:
+        return ctx.invoke(kedro_run.callback, **kwargs)
+    except MissingExtraError as missing:
+        raise click.ClickException(str(missing)) from None
+    except JobsFailedError as failed:
+        raise click.ClickException(f"JobsFailedError: {failed}") from None
+
+
+def _with_runner_help(param: click.Parameter) -> click.Parameter:
+    if param.name != "runner":
+        return param
+    return click.Option(["--runner", "-r"], type=str, default=None, help=RUNNER_HELP)
 
 
 @click.group(name="fly64_recon")
@@ -32,7 +62,7 @@ run = click.Command(
     name="run",
     callback=click.pass_context(_run),
     params=[
-        *kedro_run.params,
+        *map(_with_runner_help, kedro_run.params),
         click.Option(
             ["--namespace"],
             multiple=True,

@@ -1,4 +1,5 @@
-"""Project hooks: study progress, and the run's verdict once every job has had its turn.
+"""Project hooks: the study's console (progress, log file, closing summary) and the run's
+verdict once every job has had its turn.
 
 A job is a node tagged ``record.JOB_TAG``; a job's outcome is any ``JobRecord`` that a
 node returns. The hooks know no pipeline by its node or dataset names.
@@ -13,7 +14,8 @@ from kedro.framework.hooks import hook_impl
 from kedro.pipeline import Pipeline
 from kedro.pipeline.node import Node
 
-from fly64_recon.record import JOB_TAG, JobRecord, JobStatus
+from fly64_recon.console import RunPaths, StudyRun
+from fly64_recon.record import JOB_TAG, JobRecord
 
 logger = logging.getLogger(__name__)
 
@@ -23,44 +25,51 @@ class JobsFailedError(RuntimeError):
 
 
 class StudyRunHooks:
-    """Log 'job k of n' and make the run fail at the end when any job failed."""
+    """Log 'job k of n', show the study's progress and summary, fail the run at the end
+    when any job failed."""
 
     def __init__(self) -> None:
-        self._jobs: set[str] = set()
-        self._total = 0
-        self._started = 0
-        self._failed: dict[str, str] = {}
+        self._paths: RunPaths | None = None
+        self._run: StudyRun | None = None
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        self._paths = RunPaths.from_context(context)
 
     @hook_impl
     def before_pipeline_run(self, pipeline: Pipeline) -> None:
-        jobs = [node for node in pipeline.nodes if JOB_TAG in node.tags]
-        self._jobs = {node.namespace for node in jobs}
-        self._total = len(jobs)
-        self._started = 0
-        self._failed = {}
+        jobs = [node.namespace for node in pipeline.nodes if JOB_TAG in node.tags]
+        self._run = StudyRun(jobs, self._paths)
+        self._run.open()
 
     @hook_impl
     def before_node_run(self, node: Node) -> None:
-        if JOB_TAG in node.tags:
-            self._started += 1
-            logger.info("job %d of %d: %s", self._started, self._total, node.namespace)
+        if JOB_TAG in node.tags and self._run is not None:
+            k = self._run.job_started(node.namespace)
+            logger.info("job %d of %d: %s", k, self._run.progress.total, node.namespace)
 
     @hook_impl
     def after_node_run(self, outputs: dict[str, Any]) -> None:
         for record in outputs.values():
-            # Only the jobs this run ran: an evaluation alone rewrites failed records.
-            if (
-                isinstance(record, JobRecord)
-                and record.status is JobStatus.FAILED
-                and record.namespace in self._jobs
-            ):
-                self._failed[record.namespace] = record.reason or "no reason"
+            if isinstance(record, JobRecord) and self._run is not None:
+                self._run.job_finished(record)
+
+    @hook_impl
+    def on_pipeline_error(self, error: Exception) -> None:
+        if self._run is not None:
+            self._run.close(error)
+            self._run = None
 
     @hook_impl
     def after_pipeline_run(self) -> None:
-        if self._failed:
-            lines = "\n".join(f"  - {ns}: {why}" for ns, why in self._failed.items())
+        if self._run is None:
+            return
+        run, self._run = self._run, None
+        run.close()
+        failed = run.progress.failures()
+        if failed:
+            lines = "\n".join(f"  - {ns}: {why}" for ns, why in failed.items())
             raise JobsFailedError(
-                f"{len(self._failed)} of {self._total} reconstruction job(s) failed "
+                f"{len(failed)} of {run.progress.total} reconstruction job(s) failed "
                 f"(the others ran; see the manifest):\n{lines}"
             )

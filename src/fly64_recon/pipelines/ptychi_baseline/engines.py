@@ -278,7 +278,8 @@ def resolve_device(requested: str) -> str:
 
 @functools.cache
 def _warn_cpu_fallback() -> None:
-    logger.warning("device auto: torch sees no CUDA device, reconstructing on the CPU")
+    # INFO: every run on a CPU machine says so; the closing summary shows the device.
+    logger.info("device auto: torch sees no CUDA device, reconstructing on the CPU")
 
 
 def to_ptychi_inputs(

@@ -28,6 +28,7 @@ from fly64_recon.datasets.npz import NPZFormatError, NPZSource
 from fly64_recon.pipelines.ptychi_baseline import engines
 from fly64_recon.pipelines.ptychi_baseline.figures import job_figure
 from fly64_recon.pipelines.ptychi_baseline.options import BaselineOptions
+from fly64_recon.progress import report_epoch
 from fly64_recon.record import JobRecord, JobStatus, current_worker
 from fly64_recon.scoring import has_ground_truth, photons_per_pattern
 from fly64_recon.study import Job
@@ -177,7 +178,11 @@ def _run_job(
 
         def reconstruct_from(part: engines.PtychiInputs) -> engines.EngineResult:
             result = engines.run_engine(
-                part, ptychi_options, device, EpochMonitor(rule), options.cpu_threads
+                part,
+                ptychi_options,
+                device,
+                EpochMonitor(rule, checked.job.namespace, record.num_epochs),
+                options.cpu_threads,
             )
             _check_result(result)
             return result
@@ -277,13 +282,16 @@ def ending(rule: StoppingRule | None, loss: np.ndarray) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class EpochMonitor:
-    """After each epoch: a non-finite loss fails the job; the stopping rule, if there
-    is one, may end it."""
+    """After each epoch: a non-finite loss fails the job, the epoch goes to the study's
+    console, and the stopping rule, if there is one, may end the job."""
 
     rule: StoppingRule | None
+    namespace: str
+    num_epochs: int
 
     def __call__(self, loss: np.ndarray) -> bool:
         _check_finite(len(loss) - 1, float(loss[-1]))
+        report_epoch(self.namespace, len(loss), self.num_epochs, float(loss[-1]))
         return self.rule is not None and self.rule.check(loss) is not None
 
 

@@ -45,13 +45,11 @@ own Dask recipe does (tests/test_dask_runner.py checks they are still those two)
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -60,17 +58,29 @@ import dask
 from distributed import Client, Future, Nanny, Scheduler, SpecCluster, get_worker, wait
 from distributed.system import MEMORY_LIMIT
 from kedro.framework.project import LOGGING, configure_logging
-from kedro.io import CatalogProtocol, DataCatalog, MemoryDataset
+from kedro.io import CatalogProtocol, MemoryDataset
 from kedro.pipeline import Pipeline
 from kedro.pipeline.node import Node
 from kedro.runner import AbstractRunner
 from pluggy import PluginManager
 
 from fly64_recon.record import running_on
+from fly64_recon.runner.common import (
+    fast_malloc,
+    memory_handoffs,
+    release_datasets,
+    run_node,
+    task_catalog,
+    visible_gpus,
+)
 
 logger = logging.getLogger(__name__)
 
 START_TOPIC = "fly64_recon.node-started"
+LOCAL_WORKER_CONFIG = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+}
 DEFAULT_CPU_WORKERS = 2
 WORKER_WAIT_S = 120
 POLL_S = 0.5
@@ -88,6 +98,7 @@ def run_node_task(
     node: Node, catalog: CatalogProtocol, is_async: bool, logging_config: dict[str, Any]
 ) -> NodeResult:
     """Run one node in a Dask worker, logging as the driver does; jobs record the worker."""
+    fast_malloc()
     configure_logging(logging_config)
     worker = get_worker()
     name = str(worker.name)
@@ -96,23 +107,6 @@ def run_node_task(
     with running_on(name):
         outputs = run_node(node, catalog, is_async)
     return NodeResult(outputs, name)
-
-
-def run_node(
-    node: Node, catalog: CatalogProtocol, is_async: bool = False
-) -> dict[str, Any]:
-    """Kedro's run of one node, without hooks: load its inputs, run it, save its outputs.
-
-    With ``is_async`` the inputs load and the outputs save in threads, as in Kedro.
-    """
-    with ThreadPoolExecutor() if is_async else nullcontext() as pool:
-        each = pool.map if pool else map
-        loaded = each(catalog.load, node.inputs)
-        outputs = node.run(dict(zip(node.inputs, loaded, strict=True)))
-        list(each(catalog.save, outputs, outputs.values()))
-    for name in node.confirms:
-        catalog.confirm(name)
-    return outputs
 
 
 class DaskRunner(AbstractRunner):
@@ -243,7 +237,7 @@ class _DriverLoop:
             future = self.client.submit(
                 run_node_task,
                 node,
-                task_catalog(node, self.catalog),
+                task_catalog([node], self.catalog),
                 self.runner._async_io,
                 dict(LOGGING),
                 key=f"{node.name}-{uuid.uuid4().hex[:8]}",
@@ -331,42 +325,6 @@ class _DriverLoop:
         )
 
 
-def release_datasets(
-    node: Node, catalog: CatalogProtocol, load_counts: Counter, pipeline: Pipeline
-) -> None:
-    """Release what no node still to run will load, as Kedro's runners do."""
-    for name in node.inputs:
-        load_counts[name] -= 1
-        if load_counts[name] < 1 and name not in pipeline.inputs():
-            catalog.release(name)
-    for name in node.outputs:
-        if load_counts[name] < 1 and name not in pipeline.outputs():
-            catalog.release(name)
-
-
-def memory_handoffs(pipeline: Pipeline, catalog: CatalogProtocol) -> list[str]:
-    """The MemoryDatasets that one node of ``pipeline`` saves and another loads."""
-    saved = set(chain.from_iterable(node.outputs for node in pipeline.nodes))
-    loaded = set(chain.from_iterable(node.inputs for node in pipeline.nodes))
-    return sorted(
-        name
-        for name in saved & loaded
-        if isinstance(
-            catalog.get(name, fallback_to_runtime_pattern=True), MemoryDataset
-        )
-    )
-
-
-def task_catalog(node: Node, catalog: CatalogProtocol) -> DataCatalog:
-    """The datasets one node loads and saves, MemoryDatasets with their data."""
-    names = [*node.inputs, *node.outputs]
-    return DataCatalog(
-        datasets={
-            name: catalog.get(name, fallback_to_runtime_pattern=True) for name in names
-        }
-    )
-
-
 def task_resources(client: Client) -> dict[str, float] | None:
     """A ``GPU`` slot per task where every worker has GPUs; else one thread a worker."""
     workers = client.scheduler_info(n_workers=-1)["workers"].values()
@@ -383,13 +341,21 @@ def task_resources(client: Client) -> dict[str, float] | None:
 
 
 def local_cluster(n_workers: int | None = None, per_gpu: int = 1) -> SpecCluster:
-    """A scheduler and the workers of :func:`worker_specs` on this machine."""
+    """A scheduler and the workers of :func:`worker_specs` on this machine.
+
+    Its workers start without Dask's ``MALLOC_TRIM_THRESHOLD_`` (see
+    :func:`~fly64_recon.runner.common.fast_malloc`, which every task also calls, for
+    workers started by ``dask worker``) and without the statistical profiler, which
+    costs a one-thread worker about 6% of its core.
+    """
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1"}}
-    return SpecCluster(
-        workers=worker_specs(n_workers, per_gpu),
-        scheduler=scheduler,
-        silence_logs=logging.WARNING,
-    )
+    # A Nanny reads its environment when it is made, and sets it in this process too.
+    with dask.config.set(LOCAL_WORKER_CONFIG):
+        return SpecCluster(
+            workers=worker_specs(n_workers, per_gpu),
+            scheduler=scheduler,
+            silence_logs=logging.WARNING,
+        )
 
 
 def worker_specs(
@@ -429,14 +395,3 @@ def _nanny(
         "resources": resources,
     }
     return {"cls": Nanny, "options": options}
-
-
-def visible_gpus() -> list[str]:
-    """This process's GPUs, as ``CUDA_VISIBLE_DEVICES`` entries for one worker each."""
-    import torch  # noqa: PLC0415 - only a local cluster needs to count GPUs
-
-    count = torch.cuda.device_count()
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is None:
-        return [str(i) for i in range(count)]
-    return [gpu.strip() for gpu in listed.split(",") if gpu.strip()][:count]

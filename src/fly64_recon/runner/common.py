@@ -1,0 +1,141 @@
+"""What the project's runners share: one node run without hooks, dataset release,
+the catalog a task carries, the machine's cores and GPUs, and glibc's malloc tuning.
+
+Nothing here imports Dask or torch at module level: the default runner must not pay
+for either before a job needs it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+from kedro.io import CatalogProtocol, DataCatalog, MemoryDataset
+from kedro.pipeline import Pipeline
+from kedro.pipeline.node import Node
+
+logger = logging.getLogger(__name__)
+
+# glibc's mallopt(3) parameters, and the values its dynamic rule would reach.
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 32 * 2**20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
+TRIM_THRESHOLD_BYTES = 2 * MMAP_THRESHOLD_BYTES  # what the dynamic rule sets with it
+# Where a GPU driver shows itself (NVIDIA; AMD's kfd for ROCm builds of torch).
+GPU_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd")
+
+
+def run_node(
+    node: Node, catalog: CatalogProtocol, is_async: bool = False
+) -> dict[str, Any]:
+    """Kedro's run of one node, without hooks: load its inputs, run it, save its outputs.
+
+    With ``is_async`` the inputs load and the outputs save in threads, as in Kedro.
+    """
+    with ThreadPoolExecutor() if is_async else nullcontext() as pool:
+        each = pool.map if pool else map
+        loaded = each(catalog.load, node.inputs)
+        outputs = node.run(dict(zip(node.inputs, loaded, strict=True)))
+        list(each(catalog.save, outputs, outputs.values()))
+    for name in node.confirms:
+        catalog.confirm(name)
+    return outputs
+
+
+def release_datasets(
+    node: Node, catalog: CatalogProtocol, load_counts: Counter, pipeline: Pipeline
+) -> None:
+    """Release what no node still to run will load, as Kedro's runners do."""
+    for name in node.inputs:
+        load_counts[name] -= 1
+        if load_counts[name] < 1 and name not in pipeline.inputs():
+            catalog.release(name)
+    for name in node.outputs:
+        if load_counts[name] < 1 and name not in pipeline.outputs():
+            catalog.release(name)
+
+
+def is_memory(catalog: CatalogProtocol, name: str) -> bool:
+    """Whether ``name`` lives in the run's memory (a MemoryDataset) rather than storage."""
+    return isinstance(
+        catalog.get(name, fallback_to_runtime_pattern=True), MemoryDataset
+    )
+
+
+def memory_handoffs(pipeline: Pipeline, catalog: CatalogProtocol) -> list[str]:
+    """The MemoryDatasets that one node of ``pipeline`` saves and another loads."""
+    saved = set(chain.from_iterable(node.outputs for node in pipeline.nodes))
+    loaded = set(chain.from_iterable(node.inputs for node in pipeline.nodes))
+    return sorted(name for name in saved & loaded if is_memory(catalog, name))
+
+
+def task_catalog(nodes: Iterable[Node], catalog: CatalogProtocol) -> DataCatalog:
+    """The datasets some nodes load and save, MemoryDatasets with their data."""
+    names = dict.fromkeys(
+        chain.from_iterable([*node.inputs, *node.outputs] for node in nodes)
+    )
+    return DataCatalog(
+        datasets={
+            name: catalog.get(name, fallback_to_runtime_pattern=True) for name in names
+        }
+    )
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, else every core)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def visible_gpus() -> list[str]:
+    """This process's GPUs, as ``CUDA_VISIBLE_DEVICES`` entries for one worker each.
+
+    Without a GPU driver on the machine (NVIDIA's, or AMD's for ROCm builds of torch)
+    the answer is none, without importing torch (seconds) in a run that may never
+    reconstruct.
+    """
+    if not _gpu_driver():
+        return []
+    import torch  # noqa: PLC0415 - only where a GPU may be
+
+    count = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return [str(i) for i in range(count)]
+    return [gpu.strip() for gpu in listed.split(",") if gpu.strip()][:count]
+
+
+def _gpu_driver() -> bool:
+    return any(Path(p).exists() for p in GPU_DRIVER_PATHS)
+
+
+@functools.cache
+def fast_malloc() -> None:
+    """Give this process glibc's fast malloc settings back, whatever its environment.
+
+    Dask's Nanny starts every worker with ``MALLOC_TRIM_THRESHOLD_`` set, and setting any
+    of glibc's thresholds turns off its dynamic mmap threshold: every torch CPU tensor
+    over 128 KiB is then a fresh mmap that the kernel zero-fills, which made an LSQML
+    job 3x slower per epoch on a Dask worker (docs/performance.md). Fixing the mmap
+    threshold at the dynamic rule's ceiling (and the trim threshold at twice that, as
+    the rule would) restores the speed. Once per process; nothing off glibc's Linux.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl, ...): the variable means nothing there
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)

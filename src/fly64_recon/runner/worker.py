@@ -1,0 +1,113 @@
+"""The worker side of the process pool: set a worker up once, then run node groups.
+
+A worker process takes one slot (its name, and its GPU where there are GPUs), limits
+its threads to its share of the cores, logs through a queue to the ``kedro run``
+process, and runs each group it is given node by node with Kedro's ``Node.run``
+between the catalog's ``load`` and ``save``. Before each node it says so on the starts
+queue, where the driver turns it into ``before_node_run``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kedro.io import DataCatalog
+from kedro.pipeline.node import Node
+
+from fly64_recon.logs import forward_logs, install_warning_filters
+from fly64_recon.record import running_on
+from fly64_recon.runner.common import fast_malloc, run_node
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One worker's place: its name (``cpu0``, ``gpu1-2``) and its environment."""
+
+    name: str
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What every worker gets when it starts (multiprocessing queues included)."""
+
+    slots: Any  # a multiprocessing queue of Slot, one taken per worker
+    starts: Any  # a multiprocessing queue of (worker, node name)
+    logs: Any  # a multiprocessing queue of log records
+    logging_config: Mapping[str, Any]
+    threads: int
+
+
+@dataclass(frozen=True)
+class GroupOutcome:
+    """A group's run: each finished node's outputs for the driver; the error if any."""
+
+    worker: str
+    finished: list[tuple[str, dict[str, Any]]]
+    failed: str | None = None
+    error: BaseException | None = None
+    traceback: str | None = None
+
+
+class _Worker:
+    """This process's slot and starts queue, set once by :func:`start_worker`."""
+
+    name = "local"
+    starts: Any = None
+
+
+def start_worker(setup: WorkerSetup) -> None:
+    """The pool's initializer: slot, threads, malloc, logging; before any import of torch."""
+    fast_malloc()
+    slot: Slot = setup.slots.get()
+    os.environ.update(slot.env)
+    limit_threads(setup.threads)
+    forward_logs(setup.logs, setup.logging_config)
+    install_warning_filters()
+    _Worker.name, _Worker.starts = slot.name, setup.starts
+
+
+def limit_threads(threads: int) -> None:
+    """Run this process's numerical libraries with ``threads`` threads."""
+    os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
+    if "torch" in sys.modules:  # imported before the worker started (a preload)
+        sys.modules["torch"].set_num_threads(threads)
+
+
+def run_group(task: bytes) -> GroupOutcome:
+    """Run a pickled group's nodes in order; its outputs named in ``keep`` go back.
+
+    ``task`` is ``(nodes, catalog, is_async, keep)`` pickled by the standard pickler:
+    multiprocessing's own drops the attributes of a ``functools.partial``, and with them
+    the name that ``pipelines.bind`` gives a node's function. A node that raises ends
+    the group: the outcome names it, with the error and its traceback as text (the
+    traceback object does not cross processes).
+    """
+    nodes, catalog, is_async, keep = pickle.loads(task)  # noqa: S301 - from the driver
+    finished: list[tuple[str, dict[str, Any]]] = []
+    for node in nodes:
+        _Worker.starts.put((_Worker.name, node.name))
+        try:
+            with running_on(_Worker.name):
+                outputs = run_node(node, catalog, is_async)
+        except Exception as error:  # noqa: BLE001 - the driver raises it, as Kedro would
+            return GroupOutcome(
+                _Worker.name, finished, node.name, error, traceback.format_exc()
+            )
+        finished.append((node.name, {k: v for k, v in outputs.items() if k in keep}))
+    return GroupOutcome(_Worker.name, finished)
+
+
+def group_task(
+    nodes: tuple[Node, ...], catalog: DataCatalog, is_async: bool, keep: frozenset[str]
+) -> bytes:
+    """What :func:`run_group` takes, pickled in the driver."""
+    return pickle.dumps((nodes, catalog, is_async, keep), pickle.HIGHEST_PROTOCOL)

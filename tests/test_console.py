@@ -1,0 +1,248 @@
+"""The study's console: plain lines without a terminal, a live display on one, the
+closing summary, and pty-chi's progress bars kept off the terminal."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+
+from fly64_recon import console as console_module
+from fly64_recon.console import (
+    LiveView,
+    PlainView,
+    RunPaths,
+    StudyRun,
+    render,
+)
+from fly64_recon.logs import LineLog
+from fly64_recon.progress import StudyProgress, report_epoch
+from fly64_recon.record import JobRecord, JobStatus
+from fly64_recon.study import Job
+from fly64_recon.summary import closing_summary
+
+JOBS = [
+    Job(1000.0, "baseline", "test"),
+    Job(1000.0, "sparse", "test"),
+    Job(100000.0, "baseline", "test"),
+]
+NAMES = [job.namespace for job in JOBS]
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def console(terminal: bool) -> Console:
+    return Console(file=io.StringIO(), force_terminal=terminal, width=120)
+
+
+def output(of: Console) -> list[str]:
+    return of.file.getvalue().splitlines()
+
+
+def succeeded(job: Job, seconds: float = 8.25, loss: float = 0.0213) -> JobRecord:
+    return JobRecord(
+        job,
+        JobStatus.SUCCEEDED,
+        device="cpu",
+        wall_time_s=seconds,
+        final_loss=loss,
+        num_epochs=4,
+    )
+
+
+def test_without_a_terminal_a_line_per_job_and_progress_at_most_every_10_s():
+    clock = Clock()
+    progress = StudyProgress(NAMES, clock)
+    plain = console(terminal=False)
+    view = PlainView(plain, progress, every=10.0, clock_=clock)
+
+    view.begin()
+    progress.start(NAMES[0])
+    clock.now = 2.0
+    progress.epoch(NAMES[0], 1, 4, 0.5)
+    assert view.due() is None  # 2 s after the start
+    clock.now = 11.0
+    progress.epoch(NAMES[0], 2, 4, 0.25)
+    view.show(view.due())
+    clock.now = 12.0
+    assert view.due() is None  # 1 s after the last progress line
+    view.show("a job finished")
+
+    lines = output(plain)
+    assert lines[0] == "Running 3 reconstruction job(s)"
+    # A quarter of a job in the 9 s since the first epoch; 2.5 jobs left.
+    assert lines[1] == (
+        "0/3 jobs done, 0:00:11 elapsed, about 0:01:30 left; "
+        "running dose_1e3.baseline.test epoch 2/4"
+    )
+    assert lines[2:] == ["a job finished"]
+    assert "\x1b" not in plain.file.getvalue()
+
+
+def test_epochs_logged_by_a_job_reach_the_display_of_its_run():
+    plain = console(terminal=False)
+    run = StudyRun(NAMES, RunPaths(), plain)
+    run.open()
+    try:
+        run.job_started(NAMES[1])
+        report_epoch(NAMES[1], 3, 20, 0.125)
+        report_epoch("dose_1e9.dense.train", 1, 20, 1.0)  # not a job of this run
+        assert run.progress.running[NAMES[1]].epoch == 3
+        assert list(run.progress.running) == [NAMES[1]]
+        run.job_finished(succeeded(JOBS[1]))
+    finally:
+        run.close()
+    lines = output(plain)
+    assert "[1/3] dose_1e3.sparse.test succeeded in 8.2 s, final loss 0.0213" in lines
+    assert any(line.startswith("Run finished in 0:00:0") for line in lines)
+
+
+def test_a_terminal_gets_the_live_display():
+    progress = StudyProgress(NAMES)
+    progress.start(NAMES[0])
+    progress.epoch(NAMES[0], 12, 20, 0.0213)
+    progress.finish(JobRecord(JOBS[2], JobStatus.CACHED))
+
+    shown = console(terminal=True)
+    shown.print(render(progress))
+    text = shown.file.getvalue()
+    assert "1/3 jobs done (1 cached)" in text
+    assert "dose_1e3.baseline.test  epoch 12/20  loss 0.0213" in text
+
+    run = StudyRun(NAMES, RunPaths(), console(terminal=True))
+    assert isinstance(run._view, LiveView)
+    assert isinstance(StudyRun(NAMES, RunPaths(), console(False))._view, PlainView)
+
+
+def manifest_entry(job: Job, mae: float | None, null: float | None = None) -> dict:
+    entry = {**succeeded(job).to_dict()}
+    if mae is not None:
+        metrics = {"phase": {"mae": mae}}
+        if null is not None:
+            metrics["null"] = {"phase": {"mae": null}}
+        entry["metrics"] = metrics
+    return entry
+
+
+def test_the_closing_summary_says_what_ran_how_well_what_failed_and_where(tmp_path):
+    progress = StudyProgress(NAMES)
+    progress.finish(succeeded(JOBS[0]))
+    progress.finish(JobRecord(JOBS[2], JobStatus.CACHED))
+    why = (
+        "reconstruction diverged: loss is nan at epoch 3\nTraceback (most recent call)"
+    )
+    progress.finish(JobRecord(JOBS[1], JobStatus.FAILED, why))
+    manifest = {
+        "jobs": [
+            manifest_entry(Job(1000.0, "baseline", "train"), 0.2, 0.5),
+            manifest_entry(JOBS[0], 0.1, 0.5),
+            {**JobRecord(JOBS[1], JobStatus.FAILED, why).to_dict()},
+            manifest_entry(JOBS[2], 0.05, 0.4),
+        ]
+    }
+    report = tmp_path / "study_summary.md"
+    report.write_text("# summary")
+    log = tmp_path / "run.log"
+    log.write_text("")
+    os.utime(report, (1, 1))  # written long before this run
+    where = {"report": report, "manifest": tmp_path / "absent.json", "log": log}
+
+    lines = closing_summary(progress, manifest, where, since=time.time() - 60)
+
+    assert lines[0].startswith("Run finished in 0:00:0")
+    assert lines[0].endswith(": 3 job(s) on cpu: 1 succeeded, 1 failed, 1 cached.")
+    table = lines[lines.index("view      dose 1e3         dose 1e5") - 1 :][:4]
+    assert table[0].startswith("Phase MAE (rad) against the ground truth")
+    assert "[null: no reconstruction" in table[0]
+    assert table[2] == "baseline  0.1500 [0.5000]  0.0500 [0.4000]"
+    assert table[3] == "sparse    -                -"
+    assert "Failed jobs:" in lines
+    assert (
+        "  dose_1e3.sparse.test: reconstruction diverged: loss is nan at epoch 3"
+        in lines
+    )
+    assert lines[-2:] == [  # the absent manifest is not listed
+        f"report  {report} (from an earlier run)",
+        f"log     {log}",
+    ]
+
+
+def test_without_metrics_the_summary_says_how_to_get_them():
+    progress = StudyProgress(NAMES[:1])
+    progress.finish(succeeded(JOBS[0]))
+    lines = closing_summary(progress, {"jobs": [manifest_entry(JOBS[0], None)]}, {})
+    assert (
+        "1 reconstruction(s), none measured yet: kedro run --pipeline evaluation"
+        in (lines)
+    )
+
+
+def test_a_stopped_run_says_by_what():
+    progress = StudyProgress(NAMES)
+    line = closing_summary(progress, None, {}, KeyError("x"))[0]
+    assert line.startswith("Run stopped after 0:00:00 by KeyError: 3 job(s): ")
+    assert line.endswith("3 not finished.")
+
+
+@pytest.mark.parametrize(
+    ("written", "logged"),
+    [
+        ("plain line\nsecond\n", ["plain line", "second"]),
+        (
+            "\r  0%|   | 0/4\r 50%|#  | 2/4\r          \r",
+            [],
+        ),  # a bar that erased itself
+        ("\r 50%|#  | 2/4\rfinal state\n", ["final state"]),
+    ],
+)
+def test_what_a_worker_prints_is_logged_as_a_terminal_would_keep_it(
+    written, logged, caplog
+):
+    logger = logging.getLogger("fly64_recon.test_line_log")
+    stream = LineLog(logger)
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        for start in range(0, len(written), 5):  # in pieces, as tqdm writes
+            stream.write(written[start : start + 5])
+    assert [r.getMessage() for r in caplog.records] == logged
+
+
+def test_run_paths_come_from_the_globals_and_runtime_params(tmp_path):
+    class Loader(dict):
+        runtime_params = {"artifact_root": "/data/out"}
+
+    class Context:
+        project_path = tmp_path
+        config_loader = Loader(
+            globals={"artifact_root": "data/07", "reporting_root": "data/08"}
+        )
+
+    paths = RunPaths.from_context(Context())
+    assert paths.manifest == Path("/data/out/reconstruction_manifest.json")
+    assert paths.report == tmp_path / "data/08/study_summary.md"
+    assert paths.logs == Path("/data/out/logs")
+
+
+def test_the_summary_names_the_files_the_catalog_writes():
+    conf = Path(__file__).resolve().parents[1] / "conf" / "base"
+    catalog = yaml.safe_load((conf / "catalog.yml").read_text())
+    catalog |= yaml.safe_load((conf / "catalog_evaluation.yml").read_text())
+    manifest = catalog["{dose}.{view}.{split}.manifest_entry"]["filepath"]
+    assert manifest.endswith(
+        "${globals:artifact_root}}/" + console_module.MANIFEST_FILE
+    )
+    report = catalog["study_summary.report"]["filepath"]
+    assert report.endswith("${globals:reporting_root}}/" + console_module.REPORT_FILE)
