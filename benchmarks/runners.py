@@ -166,7 +166,15 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2, help="study pairs")
     parser.add_argument("--job-repeats", type=int, default=3, help="one-job pairs")
-    parser.add_argument("--epochs", type=int, default=20, help="conf/base has 20")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=20,
+        help=(
+            "the epoch cap; below 21 the stopping rule (window 10) cannot stop a "
+            "job, so every arm runs exactly this many"
+        ),
+    )
     parser.add_argument("--namespace", default="dose_1e4.baseline.test")
     add_study_options(parser)
     return parser.parse_args()

@@ -181,6 +181,37 @@ def test_the_closing_summary_says_what_ran_how_well_what_failed_and_where(tmp_pa
     ]
 
 
+def flagged(job: Job, flags: list[str]) -> dict:
+    entry = manifest_entry(job, 0.1, 0.5)
+    entry["metrics"]["flags"] = flags
+    return entry
+
+
+def test_the_closing_summary_lists_flagged_jobs_a_line_each():
+    progress = StudyProgress(NAMES)
+    flags = [
+        "not converged: stopped by the epoch cap (12 epochs) while the loss was still "
+        "improving; raise ptychi_baseline.lsqml.reconstructor_options.num_epochs",
+        "phase MAE 0.15 rad is not below the null reference 0.14 rad (a flat object)",
+    ]
+    jobs = [flagged(JOBS[0], flags), flagged(JOBS[1], []), flagged(JOBS[2], flags[:1])]
+    lines = closing_summary(progress, {"jobs": jobs}, {})
+    start = lines.index("Flagged jobs (2; every flag in the study report):")
+    assert lines[start + 1 : start + 3] == [
+        "  dose_1e3.baseline.test: not converged: stopped by the epoch cap (+1 more)",
+        "  dose_1e5.baseline.test: not converged: stopped by the epoch cap",
+    ]
+
+
+def test_a_long_list_of_flagged_jobs_is_cut():
+    many = [Job(1000.0 * (k + 1), "baseline", "test") for k in range(25)]
+    jobs = [flagged(job, ["x"]) for job in many]
+    lines = closing_summary(StudyProgress([]), {"jobs": jobs}, {})
+    start = lines.index("Flagged jobs (25; every flag in the study report):")
+    assert len([line for line in lines[start:] if line.endswith(": x")]) == 20
+    assert "  ... and 5 more" in lines
+
+
 def test_without_metrics_the_summary_says_how_to_get_them():
     progress = StudyProgress(NAMES[:1])
     progress.finish(succeeded(JOBS[0]))

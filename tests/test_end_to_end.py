@@ -65,7 +65,12 @@ def test_the_console_is_short_and_ends_with_the_summary(project):
         summary.index("view      dose 1e3         dose 1e4         dose 1e5") :
     ]
     assert [row.split()[0] for row in table[1:4]] == ["baseline", "dense", "sparse"]
-    assert all(len(row.split()) == 4 for row in table[1:4])  # a number per dose
+    for row in table[1:4]:  # per dose, a number and its null reference in brackets
+        cells = row.split()[1:]
+        assert len(cells) == 6 and all(c.startswith("[") for c in cells[1::2])
+    # 12 epochs stop every job of the tiny study at the cap: flagged, a line each
+    assert "Flagged jobs (18; every flag in the study report):" in summary
+    assert "  dose_1e4.dense.test: not converged: stopped by the epoch cap" in summary
     places = {line.split()[0]: line.split()[1] for line in summary[-3:]}
     assert places["report"] == "data/08_reporting/study_summary.md"
     assert places["manifest"] == f"{ARTIFACTS}/reconstruction_manifest.json"

@@ -8,6 +8,7 @@ the same thing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from statistics import fmean
@@ -19,6 +20,8 @@ from fly64_recon.study import VIEWS, dose_label
 
 REASON_WIDTH = 100
 CELL_WIDTH = 17
+MOST_FLAGGED = 20
+FLAG_WIDTH = 70
 
 
 def closing_summary(
@@ -36,6 +39,7 @@ def closing_summary(
     lines = [headline(progress, error)]
     jobs = manifest.get("jobs", []) if manifest else []
     lines += ["", *metric_table(jobs)] if jobs else []
+    lines += flagged(jobs)
     failures = progress.failures()
     if failures:
         lines += ["", "Failed jobs:"]
@@ -109,6 +113,21 @@ def cell(jobs: Sequence[Mapping[str, Any]]) -> str:
     return f"{text} [{fmean(nulls):.4f}]" if nulls else text
 
 
+def flagged(jobs: Sequence[Mapping[str, Any]], most: int = MOST_FLAGGED) -> list[str]:
+    """The evaluation's flags: a line per flagged job (its first flag), at most ``most``."""
+    rows = [
+        f"  {job['namespace']}: {gist(flags[0])}"
+        + (f" (+{len(flags) - 1} more)" if len(flags) > 1 else "")
+        for job in jobs
+        if (flags := _dig(job, "metrics", "flags"))
+    ]
+    if not rows:
+        return []
+    more = [f"  ... and {len(rows) - most} more"] if len(rows) > most else []
+    title = f"Flagged jobs ({len(rows)}; every flag in the study report):"
+    return ["", title, *rows[:most], *more]
+
+
 def phase_mae(job: Mapping[str, Any]) -> float | None:
     """A manifest entry's ``metrics.phase.mae``, if the evaluation wrote one."""
     return _dig(job, "metrics", "phase", "mae")
@@ -146,6 +165,11 @@ def shown(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
+
+
+def gist(flag: str) -> str:
+    """A flag's statement without its details: up to its first ``; `` or `` (``."""
+    return first_line(re.split(r"; | \(", flag, maxsplit=1)[0], FLAG_WIDTH)
 
 
 def first_line(text: str, width: int = REASON_WIDTH) -> str:

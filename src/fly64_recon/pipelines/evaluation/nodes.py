@@ -70,8 +70,9 @@ def evaluate(
         logger.exception("%s: evaluation failed", job.namespace)
         reason = f"evaluation failed: {type(error).__name__}: {error}"
         return {**head, "evaluated": False, "reason": reason}
+    # An outcome, not a fault: the closing summary and study_summary.md list the flags.
     for flag in measured["flags"]:
-        logger.warning("%s: %s", job.namespace, flag)
+        logger.info("%s: %s", job.namespace, flag)
     return {**head, "evaluated": True, **measured}
 
 
