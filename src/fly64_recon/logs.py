@@ -30,9 +30,9 @@ STDERR_LOGGER = "fly64_recon.stderr"
 WARNING_FILTERS = (
     # Kedro 1.7's config loader calls OmegaConf's deprecated register_new_resolver.
     (r"register_new_resolver\(\) is deprecated", UserWarning, r"kedro\.config"),
-    # Kedro warns about a dotted dataset name outside its node's top-level namespace:
-    # the study summary reads every job's metrics (dose_1e4.dense.test.metrics), which
-    # a fan-in across namespaces cannot name otherwise.
+    # Kedro 1.x warns when a node outside a namespace reads a namespaced dataset. The
+    # study summary reads every job's metrics (dose_1e4.dense.test.metrics): a fan-in
+    # across namespaces has no other name for them (kedro-org/kedro#5021, open).
     (r"One or more dataset names contain '\.' characters", UserWarning, r""),
     # pty-chi reads a loss that still requires grad; torch warns inside pty-chi.
     (r"Converting a tensor with requires_grad=True to a scalar", UserWarning, r""),
