@@ -1,5 +1,6 @@
-"""What the project's runners share: one node run without hooks, dataset release,
-the catalog a task carries, the machine's cores and GPUs, and glibc's malloc tuning.
+"""What the project's runners share: one node run without hooks, the node hooks called
+for it in the ``kedro run`` process, dataset release, the catalog a task carries, the
+machine's cores and GPUs, and glibc's malloc tuning.
 
 Nothing here imports Dask or torch at module level: the default runner must not pay
 for either before a job needs it.
@@ -16,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,68 @@ def run_node(
     for name in node.confirms:
         catalog.confirm(name)
     return outputs
+
+
+@dataclass
+class NodeHooks:
+    """A run's node hooks, called in the ``kedro run`` process for nodes that run in
+    another (a worker): with no inputs, which load where the node runs, and
+    ``before_node_run`` once per node, when it starts or at the latest when it ends.
+    Outputs kept in memory (MemoryDatasets) are saved to the run's catalog here."""
+
+    hooks: Any  # the hook manager's relay, ``hook_manager.hook``
+    catalog: CatalogProtocol
+    run_id: str | None
+    is_async: bool
+    runner: str  # the runner's name, for the one warning
+    announced: set[str] = field(default_factory=set)
+
+    def before(self, node: Node) -> None:
+        """``before_node_run``, unless this node had it already."""
+        if node.name in self.announced:
+            return
+        self.announced.add(node.name)
+        responses = self.hooks.before_node_run(
+            node=node,
+            catalog=self.catalog,
+            inputs={},
+            is_async=self.is_async,
+            run_id=self.run_id,
+        )
+        if any(responses or []):
+            logger.warning(
+                "before_node_run hooks returned inputs for %s: the %s loads inputs "
+                "where the node runs and cannot replace them",
+                node.name,
+                self.runner,
+            )
+
+    def after(self, node: Node, outputs: dict[str, Any]) -> None:
+        """``after_node_run``; the outputs that live in memory saved to the catalog."""
+        self.before(node)
+        self.hooks.after_node_run(
+            node=node,
+            catalog=self.catalog,
+            inputs={},
+            outputs=outputs,
+            is_async=self.is_async,
+            run_id=self.run_id,
+        )
+        for name, data in outputs.items():
+            if is_memory(self.catalog, name):
+                self.catalog.save(name, data)
+
+    def error(self, node: Node, error: BaseException) -> None:
+        """``on_node_error``."""
+        self.before(node)
+        self.hooks.on_node_error(
+            error=error,
+            node=node,
+            catalog=self.catalog,
+            inputs={},
+            is_async=self.is_async,
+            run_id=self.run_id,
+        )
 
 
 def release_datasets(

@@ -58,7 +58,7 @@ import dask
 from distributed import Client, Future, Nanny, Scheduler, SpecCluster, get_worker, wait
 from distributed.system import MEMORY_LIMIT
 from kedro.framework.project import LOGGING, configure_logging
-from kedro.io import CatalogProtocol, MemoryDataset
+from kedro.io import CatalogProtocol
 from kedro.pipeline import Pipeline
 from kedro.pipeline.node import Node
 from kedro.runner import AbstractRunner
@@ -66,6 +66,7 @@ from pluggy import PluginManager
 
 from fly64_recon.record import running_on
 from fly64_recon.runner.common import (
+    NodeHooks,
     fast_malloc,
     memory_handoffs,
     release_datasets,
@@ -190,8 +191,9 @@ class _DriverLoop:
         self.client = client
         self.pipeline = pipeline
         self.catalog = catalog
-        self.hooks = hook_manager.hook
-        self.run_id = run_id
+        self.hooks = NodeHooks(
+            hook_manager.hook, catalog, run_id, runner._async_io, "DaskRunner"
+        )
         self.resources = task_resources(client)
         self.levels = {
             node: level
@@ -205,7 +207,6 @@ class _DriverLoop:
         self.todo = set(pipeline.nodes)
         self.done: set[Node] = set()
         self.running: dict[Future, Node] = {}
-        self.announced: set[str] = set()
         self.starts: queue.SimpleQueue[dict[str, str]] = queue.SimpleQueue()
         handoffs = memory_handoffs(pipeline, catalog)
         if handoffs:
@@ -256,29 +257,11 @@ class _DriverLoop:
             node = self.nodes[event["node"]]
             if node in self.done:
                 continue
-            again = "again " if node.name in self.announced else ""
+            again = "again " if node.name in self.hooks.announced else ""
             logger.info(
                 "Started %snode %s on worker %s", again, node.name, event["name"]
             )
-            self._announce(node)
-
-    def _announce(self, node: Node) -> None:
-        if node.name in self.announced:
-            return
-        self.announced.add(node.name)
-        responses = self.hooks.before_node_run(
-            node=node,
-            catalog=self.catalog,
-            inputs={},
-            is_async=self.runner._async_io,
-            run_id=self.run_id,
-        )
-        if any(responses or []):
-            logger.warning(
-                "before_node_run hooks returned inputs for %s: the DaskRunner loads "
-                "inputs on the worker and cannot replace them",
-                node.name,
-            )
+            self.hooks.before(node)
 
     def _finish(self, node: Node, future: Future) -> None:
         try:
@@ -288,18 +271,7 @@ class _DriverLoop:
             raise
         finally:
             future.release()
-        self._announce(node)
-        self.hooks.after_node_run(
-            node=node,
-            catalog=self.catalog,
-            inputs={},
-            outputs=result.outputs,
-            is_async=self.runner._async_io,
-            run_id=self.run_id,
-        )
-        for name, data in result.outputs.items():
-            if isinstance(self.catalog.get(name), MemoryDataset):
-                self.catalog.save(name, data)
+        self.hooks.after(node, result.outputs)
         self.done.add(node)
         logger.info("Completed node: %s (on worker %s)", node.name, result.worker)
         logger.info(
@@ -309,14 +281,7 @@ class _DriverLoop:
 
     def _fail(self, node: Node, error: BaseException) -> None:
         self.client.cancel(list(self.running))
-        self.hooks.on_node_error(
-            error=error,
-            node=node,
-            catalog=self.catalog,
-            inputs={},
-            is_async=self.runner._async_io,
-            run_id=self.run_id,
-        )
+        self.hooks.error(node, error)
         logger.warning(
             "%d of %d nodes have not run; run the same command again (the "
             "reconstructions already made are cached)",

@@ -58,6 +58,7 @@ from pluggy import PluginManager
 
 from fly64_recon.logs import records_from, stderr_logged
 from fly64_recon.runner.common import (
+    NodeHooks,
     available_cores,
     is_memory,
     release_datasets,
@@ -101,6 +102,7 @@ class PoolRunner(AbstractRunner):
         """``max_workers`` caps the jobs at once (default: the slots of the machine);
         ``workers_per_gpu`` > 1 shares each visible GPU between that many jobs."""
         super().__init__(is_async=is_async)
+        self._async_io = is_async
         for name, value in (
             ("max_workers", max_workers),
             ("workers_per_gpu", workers_per_gpu),
@@ -161,7 +163,7 @@ class PoolRunner(AbstractRunner):
                     node=node,
                     catalog=catalog,
                     hook_manager=hook_manager,
-                    is_async=self._is_async,
+                    is_async=self._async_io,
                     run_id=run_id,
                 ).execute()
             release_datasets(node, catalog, load_counts, pipeline)
@@ -260,8 +262,9 @@ class _DriverLoop:
         self.setup = setup
         self.pipeline = pipeline
         self.catalog = catalog
-        self.hooks = hook_manager.hook
-        self.run_id = run_id
+        self.hooks = NodeHooks(
+            hook_manager.hook, catalog, run_id, runner._async_io, "PoolRunner"
+        )
         self.dependencies = dependencies
         self.nodes = {node.name: node for node in pipeline.nodes}
         self.load_counts = Counter(
@@ -270,7 +273,6 @@ class _DriverLoop:
         self.todo = list(dependencies)  # in the pipeline's topological order
         self.done: set[NodeGroup] = set()
         self.running: dict[Future, NodeGroup] = {}
-        self.announced: set[str] = set()
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -300,7 +302,7 @@ class _DriverLoop:
             task = group_task(
                 group.nodes,
                 task_catalog(group.nodes, self.catalog),
-                self.runner._is_async,
+                self.runner._async_io,
                 self._returned(group),
             )
             future = self.pool.submit(run_group, task)
@@ -328,25 +330,7 @@ class _DriverLoop:
                 _worker, name = self.setup.starts.get_nowait()
             except queue.Empty:
                 return
-            self._announce(self.nodes[name])
-
-    def _announce(self, node: Node) -> None:
-        if node.name in self.announced:
-            return
-        self.announced.add(node.name)
-        responses = self.hooks.before_node_run(
-            node=node,
-            catalog=self.catalog,
-            inputs={},
-            is_async=self.runner._is_async,
-            run_id=self.run_id,
-        )
-        if any(responses or []):
-            logger.warning(
-                "before_node_run hooks returned inputs for %s: the PoolRunner loads "
-                "inputs in its workers and cannot replace them",
-                node.name,
-            )
+            self.hooks.before(self.nodes[name])
 
     def _finish(self, group: NodeGroup, outcome: GroupOutcome) -> None:
         for name, outputs in outcome.finished:
@@ -357,33 +341,14 @@ class _DriverLoop:
         self.done.add(group)
 
     def _node_done(self, node: Node, outputs: dict[str, Any], worker: str) -> None:
-        self._announce(node)
-        self.hooks.after_node_run(
-            node=node,
-            catalog=self.catalog,
-            inputs={},
-            outputs=outputs,
-            is_async=self.runner._is_async,
-            run_id=self.run_id,
-        )
-        for name, data in outputs.items():
-            if is_memory(self.catalog, name):
-                self.catalog.save(name, data)
+        self.hooks.after(node, outputs)
         logger.info("Completed node: %s (on worker %s)", node.name, worker)
         release_datasets(node, self.catalog, self.load_counts, self.pipeline)
 
     def _fail(self, node: Node, outcome: GroupOutcome) -> None:
         error = outcome.error
         error.__cause__ = WorkerTraceback(outcome.traceback)
-        self._announce(node)
-        self.hooks.on_node_error(
-            error=error,
-            node=node,
-            catalog=self.catalog,
-            inputs={},
-            is_async=self.runner._is_async,
-            run_id=self.run_id,
-        )
+        self.hooks.error(node, error)
         if self.error is None:
             self.error = error
             logger.warning(
