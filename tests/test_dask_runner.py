@@ -248,8 +248,17 @@ def test_tasks_run_with_glibcs_dynamic_malloc_restored(cluster, dask_run):
 
 @pytest.mark.e2e
 def test_the_manifest_says_which_worker_ran_each_job(sequential, dask_run):
-    workers = [job.get("worker") for job in manifest(dask_run.artifacts)["jobs"]]
-    assert set(workers) == {"cpu0", "cpu1"}
+    """The worker that reported starting the job's reconstruction, whichever it was:
+    the scheduler may give every reconstruction to one worker."""
+    reconstructed_on = {
+        msg["node"].removesuffix(".reconstruct"): msg["name"]
+        for msg in dask_run.started
+        if msg["node"].endswith(".reconstruct")
+    }
+    jobs = manifest(dask_run.artifacts)["jobs"]
+    assert {job["namespace"]: job.get("worker") for job in jobs} == reconstructed_on
+    assert len(reconstructed_on) == 4
+    assert set(reconstructed_on.values()) <= {"cpu0", "cpu1"}
     assert {job.get("worker") for job in manifest(sequential)["jobs"]} == {"local"}
 
 
