@@ -58,6 +58,30 @@ def test_the_cap_reached_while_improving_is_not_converged():
     assert rule.final([99.0, 4.0]).relative_improvement is None  # too short to tell
 
 
+def test_the_plateau_epoch_is_where_the_rule_would_have_stopped():
+    rule = StoppingRule(window=2, tolerance=0.01)
+    loss = [99.0, 10.0, 8.0, 6.0, 4.0, 4.0, 4.0, 4.0, 4.0]
+
+    # Blocks [6, 4] -> [4, 4] at epoch 7 (20 %), [4, 4] -> [4, 4] at 8.
+    assert rule.plateau_epoch(loss) == 8
+    assert rule.check(loss[:7]) is None and rule.check(loss[:8]).converged
+    assert rule.plateau_epoch([99.0, 10.0, 8.0, 6.0, 4.0]) is None
+    rising = [99.0, 4.0, 4.0, 4.5, 4.8]
+    assert rule.plateau_epoch(rising) is None
+
+
+def test_judging_without_stopping_runs_to_the_cap_and_keeps_the_verdict():
+    judge = StoppingRule(window=2, tolerance=0.01, stop=False)
+    flat = [99.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0]
+
+    assert not any(judge.should_stop(flat[:epoch]) for epoch in range(1, 8))
+    assert StoppingRule(window=2, tolerance=0.01).should_stop(flat[:5])
+    assert judge.final(flat).converged and judge.final(flat).epochs_run == 7
+    assert not judge.final([99.0, 10.0, 8.0, 6.0, 4.0]).converged
+    with pytest.raises(ValueError, match="convergence.stop must be true or false"):
+        StoppingRule(stop="no")
+
+
 @pytest.mark.parametrize(
     ("window", "tolerance", "fragment"),
     [(0, 0.01, ">= 1"), (2.5, 0.01, "whole number"), (3, -1.0, ">= 0")],

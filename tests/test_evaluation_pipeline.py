@@ -288,6 +288,23 @@ def test_the_report_names_flagged_and_unconverged_jobs_in_words():
     assert "`dose_1e3.sparse.test` did not converge: epoch_cap after 3 epochs" in text
 
 
+def test_the_report_says_which_jobs_ran_on_past_their_plateau():
+    judged = {**CONVERGED, "plateau_epoch": 2}  # 3 epochs run
+    text = report.summary_report(
+        [
+            _job_metrics(1e3, "baseline", 0.3, convergence=judged),
+            _job_metrics(1e5, "baseline", 0.1, convergence=CONVERGED),
+        ]
+    )
+
+    assert "2 of 2 evaluated jobs converged" in text
+    assert (
+        "1 of them ran on past the epoch at which the loss stopped improving "
+        "(epochs 2-2; ptychi_baseline.convergence.stop: false)" in text
+    )
+    assert "ran on past" not in report.summary_report([_job_metrics(1e5, "dense", 0.1)])
+
+
 def test_the_report_names_the_engine_and_the_position_errors():
     moved = {
         "position_correction": True,

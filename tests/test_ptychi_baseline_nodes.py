@@ -205,6 +205,24 @@ def test_a_job_stops_when_its_loss_stops_improving(source, empty_folder):
     assert record["converged"] is True and record["stop_reason"] == "loss_plateau"
     assert record["epochs_run"] == len(out.arrays["loss"]) < 40
     assert record["num_epochs"] == 40  # the cap, as pty-chi was told
+    assert record["plateau_epoch"] == record["epochs_run"]
+
+
+def test_a_job_told_not_to_stop_runs_its_cap_and_says_where_it_plateaued(
+    source, empty_folder
+):
+    capped = {"reconstructor_options": {"num_epochs": 40, "batch_size": 16}}
+    judge = {"window": 2, "tolerance": 0.5, "stop": False}
+    params = {**PARAMS, "lsqml": capped, "convergence": judge}
+
+    out = nodes.reconstruct(
+        nodes.validate_input(source, params, JOB), empty_folder.load()
+    )
+
+    record = out.record
+    assert record["epochs_run"] == len(out.arrays["loss"]) == 40
+    assert record["converged"] is True and record["stop_reason"] == "loss_plateau"
+    assert 5 <= record["plateau_epoch"] < 40
 
 
 def test_a_job_stopped_by_the_cap_while_improving_is_not_converged(

@@ -48,6 +48,7 @@ RECORD_KEYS = {
     "epochs_run",
     "stop_reason",
     "converged",
+    "plateau_epoch",
     "probe_diameter_px",
     "overlap",
     "photons_per_pattern",

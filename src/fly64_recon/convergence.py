@@ -9,6 +9,12 @@ block ``RISING_BEYOND`` worse than the one before, beyond the minibatch scatter:
 of instability, not of a plateau). A job that reaches the epoch cap first was still
 improving: ``converged: false``.
 
+With ``stop: false`` the rule judges and does not stop: every job runs its epoch cap (a
+fixed budget, as when reconstructions are compared at equal iterations), the verdict is
+the rule's at the cap, and ``plateau_epoch`` says where it would have stopped. The loss
+is a data misfit dominated by shot noise, so at high dose the error goes on falling
+well after it has stopped (docs/metrics.md).
+
 Why block means: with minibatches in random order, the loss scatters from one epoch to
 the next by more than it falls (0.7-9 % at dose 1e5 in the embedded study), so a
 comparison of two single epochs stops jobs whose phase error is still falling fast.
@@ -66,8 +72,15 @@ class StoppingRule:
 
     window: int = 10
     tolerance: float = 1e-3
+    # False: judge only; every job runs to the epoch cap.
+    stop: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.stop, bool):
+            raise ValueError(
+                f"ptychi_baseline.convergence.stop must be true or false, "
+                f"got {self.stop!r}"
+            )
         if isinstance(self.window, bool) or not isinstance(self.window, int):
             raise ValueError(
                 f"ptychi_baseline.convergence.window must be a whole number of "
@@ -101,6 +114,18 @@ class StoppingRule:
             return None
         reason = StopReason.PLATEAU if change >= -RISING_BEYOND else StopReason.RISING
         return Verdict(len(loss), reason, change)
+
+    def should_stop(self, loss: Sequence[float]) -> bool:
+        """Whether the job ends after this epoch (never, with ``stop: false``)."""
+        return self.stop and self.check(loss) is not None
+
+    def plateau_epoch(self, loss: Sequence[float]) -> int | None:
+        """The first epoch at which the loss had stopped improving (None: never)."""
+        for epoch in range(SKIPPED_EPOCHS + 2 * self.window, len(loss) + 1):
+            verdict = self.check(loss[:epoch])
+            if verdict is not None and verdict.converged:
+                return epoch
+        return None
 
     def final(self, loss: Sequence[float]) -> Verdict:
         """The verdict of a run that ended: stopped by the rule, or by the epoch cap."""

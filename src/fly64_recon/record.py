@@ -89,10 +89,12 @@ class JobRecord:
     wall_time_s: float | None = None
     peak_gpu_memory_mb: float | None = None
     final_loss: float | None = None
-    # How the reconstruction ended (convergence.Verdict): epochs run, why it stopped.
+    # How the reconstruction ended (convergence.Verdict): epochs run, why it stopped,
+    # and the first epoch at which the loss had stopped improving.
     epochs_run: int | None = None
     stop_reason: str | None = None
     converged: bool | None = None
+    plateau_epoch: int | None = None
     # The scan as the beam saw it (fly64_recon.beam).
     probe_diameter_px: float | None = None
     overlap: float | None = None

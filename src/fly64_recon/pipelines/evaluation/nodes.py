@@ -113,6 +113,7 @@ def measure(
             "epochs_run": record.epochs_run,
             "stop_reason": record.stop_reason,
             "converged": record.converged,
+            "plateau_epoch": record.plateau_epoch,
         },
     }
     if "half_objects" in arrays:

@@ -157,9 +157,21 @@ def _convergence_lines(jobs: Sequence[Job]) -> list[str]:
     rest = [job for job in jobs if job not in stopped and job not in unjudged]
     epochs = [job["data_fit"]["epochs"] for job in jobs]
     lines = [
-        f"{len(stopped)} of {len(jobs)} evaluated jobs converged (the loss stopped "
-        f"improving before the epoch cap); epochs run: {min(epochs)}-{max(epochs)}."
+        f"{len(stopped)} of {len(jobs)} evaluated jobs converged (the loss had stopped "
+        f"improving by the end); epochs run: {min(epochs)}-{max(epochs)}."
     ]
+    ran_on = [
+        plateau
+        for job in jobs
+        if (plateau := verdicts[job["namespace"]].get("plateau_epoch")) is not None
+        and plateau < job["data_fit"]["epochs"]
+    ]
+    if ran_on:
+        lines.append(
+            f"{len(ran_on)} of them ran on past the epoch at which the loss stopped "
+            f"improving (epochs {min(ran_on)}-{max(ran_on)}; "
+            "ptychi_baseline.convergence.stop: false)."
+        )
     lines += [
         f"- `{job['namespace']}` did not converge: "
         f"{verdicts[job['namespace']].get('stop_reason', 'unknown')} after "

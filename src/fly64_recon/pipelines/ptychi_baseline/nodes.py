@@ -271,12 +271,18 @@ def ending(rule: StoppingRule | None, loss: np.ndarray) -> dict[str, Any]:
     """How the run ended: the rule's verdict, or (no rule) the cap and no judgement."""
     if rule is None:
         stop = StopReason.EPOCH_CAP.value
-        return {"epochs_run": len(loss), "stop_reason": stop, "converged": None}
+        return {
+            "epochs_run": len(loss),
+            "stop_reason": stop,
+            "converged": None,
+            "plateau_epoch": None,
+        }
     verdict = rule.final(loss)
     return {
         "epochs_run": verdict.epochs_run,
         "stop_reason": verdict.stop_reason.value,
         "converged": verdict.converged,
+        "plateau_epoch": rule.plateau_epoch(loss),
     }
 
 
@@ -292,7 +298,7 @@ class EpochMonitor:
     def __call__(self, loss: np.ndarray) -> bool:
         _check_finite(len(loss) - 1, float(loss[-1]))
         report_epoch(self.namespace, len(loss), self.num_epochs, float(loss[-1]))
-        return self.rule is not None and self.rule.check(loss) is not None
+        return self.rule is not None and self.rule.should_stop(loss)
 
 
 def describe_scan(

@@ -32,8 +32,8 @@ class BaselineOptions:
     object_init: str = "flat"
     max_patterns: int | None = None
     subsample_seed: int = 456
-    # Stop when the loss improved by less than ``tolerance`` over ``window`` epochs;
-    # ``lsqml.reconstructor_options.num_epochs`` stays the cap.
+    # Stop when the loss improved by less than ``tolerance`` over ``window`` epochs
+    # (``stop: false``: judge only); ``lsqml.reconstructor_options.num_epochs`` is the cap.
     convergence: Mapping[str, Any] = field(default_factory=dict)
     # Two more reconstructions from interleaved halves, for the half-dataset FRC:
     # auto (when the data have no ground truth), true or false.
@@ -91,11 +91,12 @@ class BaselineOptions:
 
     def stopping_rule(self) -> StoppingRule:
         """The convergence parameters as a rule."""
-        unknown = sorted(set(self.convergence) - {"window", "tolerance"})
+        known = {f.name for f in fields(StoppingRule)}
+        unknown = sorted(set(self.convergence) - known)
         if unknown:
             raise ValueError(
                 f"ptychi_baseline.convergence: unknown parameter(s) {unknown}; "
-                "known: ['tolerance', 'window']"
+                f"known: {sorted(known)}"
             )
         return StoppingRule(**self.convergence)
 
