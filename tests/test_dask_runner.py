@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -27,7 +26,6 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 from kedro.runner import AbstractRunner, SequentialRunner
 
-from fly64_recon.runner import common
 from fly64_recon.runner import dask as dask_runner
 from fly64_recon.runner.common import fast_malloc, memory_handoffs
 from fly64_recon.runner.dask import START_TOPIC, DaskRunner, local_cluster
@@ -92,24 +90,6 @@ def test_workers_per_gpu_without_a_gpu_says_it_does_nothing(monkeypatch, caplog)
     monkeypatch.setattr(dask_runner, "visible_gpus", lambda: [])
     assert list(dask_runner.worker_specs(per_gpu=3)) == ["cpu0", "cpu1"]
     assert "No GPU is visible, so workers_per_gpu=3 does nothing" in caplog.text
-
-
-def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
-    torch = pytest.importorskip("torch")
-    monkeypatch.setattr(common, "_gpu_driver", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert common.visible_gpus() == ["0", "1"]
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,6")
-    assert common.visible_gpus() == ["3", "6"]
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert common.visible_gpus() == []
-
-
-def test_without_a_gpu_driver_no_gpu_is_counted_and_torch_is_not_asked(monkeypatch):
-    monkeypatch.setattr(common, "GPU_DRIVER_PATHS", ("/nonexistent/nvidia",))
-    monkeypatch.setitem(sys.modules, "torch", None)  # importing it would fail
-    assert common.visible_gpus() == []
 
 
 def test_the_dask_environment_changes_where_data_goes_not_the_study():

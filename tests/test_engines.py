@@ -1,7 +1,9 @@
 """pty-chi's engines: options from parameters, refusals, probe modes and rescale,
 DATA-001 -> pty-chi conversion, and a real LSQML run."""
 
+import logging
 import os
+import re
 
 import numpy as np
 import pytest
@@ -89,8 +91,44 @@ def test_only_the_chosen_engines_options_are_read():
     other_dm = BaselineOptions.from_params({"lsqml": {}, "dm": {}})
 
     assert options.engine_params == wrong_for_lsqml
-    assert with_lsqml.fingerprint() == other_dm.fingerprint()  # dm unread
-    assert options.fingerprint() != with_lsqml.fingerprint()
+    assert with_lsqml.fingerprint("cpu") == other_dm.fingerprint("cpu")  # dm unread
+    assert options.fingerprint("cpu") != with_lsqml.fingerprint("cpu")
+
+
+def test_a_result_made_on_the_cpu_is_not_a_cached_result_on_the_gpu():
+    options = BaselineOptions.from_params({"lsqml": {}})
+
+    assert options.fingerprint("cpu") != options.fingerprint("cuda")
+    assert options.fingerprint("cuda") == options.fingerprint("cuda")
+
+
+@pytest.mark.parametrize("name", ["GROUP_RANK", "ROLE_RANK", "LOCAL_WORLD_SIZE"])
+def test_a_torchrun_variable_alone_is_hidden_from_pty_chi_while_a_job_runs(
+    monkeypatch, name
+):
+    from ptychi.parallel import MultiprocessMixin
+
+    monkeypatch.setenv(name, "0")
+    assert MultiprocessMixin.detect_launcher(None) == "torchrun"  # pty-chi's reading
+
+    with engines._isolated_torch_state("cpu", None):
+        assert MultiprocessMixin.detect_launcher(None) is None
+    assert os.environ[name] == "0"  # given back
+
+
+def test_every_launcher_variable_pty_chi_reads_is_covered(monkeypatch):
+    """Every variable pty-chi's launcher detection reads, set at once, is hidden."""
+    import inspect
+
+    from ptychi.parallel import MultiprocessMixin
+
+    source = inspect.getsource(MultiprocessMixin.detect_launcher)
+    read = set(re.findall(r'"([A-Z_]+)" in env', source))
+    assert read == set(engines.LAUNCHER_ENV)
+    for name in read:
+        monkeypatch.setenv(name, "0")
+    with engines._isolated_torch_state("cpu", None):
+        assert MultiprocessMixin.detect_launcher(None) is None
 
 
 @pytest.mark.parametrize(
@@ -191,6 +229,7 @@ def test_only_lsqml_with_its_first_epoch_rescale_rescales_the_probe_itself():
 
 
 def test_auto_device_is_cpu_without_cuda_with_one_warning(monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger=engines.__name__)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     engines._warn_cpu_fallback.cache_clear()
 
@@ -305,6 +344,8 @@ def test_lsqml_reconstructs_a_known_object_on_cpu(known_object_study, monkeypatc
     assert result.object.shape == study["objectGuess"].shape
     assert result.loss.shape == (12,)
     assert result.loss[-1] < 0.1 * result.loss[1]
+    assert result.warmup_s is None  # a GPU's one-off set-up only
+    assert result.peak_gpu_memory_reserved_mb is None
     region = study["scanned"]
     start_error = phase_error(np.ones_like(study["objectGuess"]), study, region)
     final_error = phase_error(result.object, study, region)
@@ -316,3 +357,31 @@ def phase_error(obj, study, region):
     a, b = obj[region], study["objectGuess"][region]
     a = a * np.exp(-1j * np.angle(np.vdot(b, a)))
     return float(np.mean(np.abs(np.angle(a * np.conj(b)))))
+
+
+def test_the_warm_up_runs_once_per_shape_in_a_process(known_object_study, monkeypatch):
+    monkeypatch.setattr(engines, "_WARMED", set())
+    study = known_object_study
+    inputs = engines.to_ptychi_inputs(
+        study["diffraction"],
+        study["probeGuess"],
+        study["objectGuess"],
+        study["xcoords"],
+        study["ycoords"],
+        study["intensity_scale"],
+        "flat",
+    )
+    options = engines.build_options(
+        LSQML, {"reconstructor_options": {"num_epochs": 30, "batch_size": 16}}, "cpu"
+    )
+
+    first = engines.warm_up(inputs, options)
+    again = engines.warm_up(inputs, options)
+
+    assert first is not None and first > 0
+    assert again is None
+    assert options.reconstructor_options.num_epochs == 30  # the job's own untouched
+    other_batch = engines.build_options(
+        LSQML, {"reconstructor_options": {"batch_size": 8}}, "cpu"
+    )
+    assert engines.warm_up(inputs, other_batch) is not None

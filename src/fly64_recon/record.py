@@ -87,7 +87,13 @@ class JobRecord:
     worker: str | None = None
     warnings: list[str] = field(default_factory=list)
     wall_time_s: float | None = None
+    # On a GPU: the most memory the job's tensors held, and what torch's caching
+    # allocator reserved for them (what the GPU lacked for other processes).
     peak_gpu_memory_mb: float | None = None
+    peak_gpu_memory_reserved_mb: float | None = None
+    # The one-off set-up the first job of a process pays on a GPU (CUDA context,
+    # cuFFT plans, Triton kernels), timed apart from ``wall_time_s``.
+    warmup_s: float | None = None
     final_loss: float | None = None
     # How the reconstruction ended (convergence.Verdict): epochs run, why it stopped,
     # and the first epoch at which the loss had stopped improving.

@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import chain
-from pathlib import Path
 from typing import Any
 
 from kedro.io import CatalogProtocol, DataCatalog, MemoryDataset
@@ -33,8 +32,6 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 32 * 2**20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
 TRIM_THRESHOLD_BYTES = 2 * MMAP_THRESHOLD_BYTES  # what the dynamic rule sets with it
-# Where a GPU driver shows itself (NVIDIA; AMD's kfd for ROCm builds of torch).
-GPU_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd")
 
 
 def run_node(
@@ -160,28 +157,6 @@ def available_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0)) or 1
     return os.cpu_count() or 1
-
-
-def visible_gpus() -> list[str]:
-    """This process's GPUs, as ``CUDA_VISIBLE_DEVICES`` entries for one worker each.
-
-    Without a GPU driver on the machine (NVIDIA's, or AMD's for ROCm builds of torch)
-    the answer is none, without importing torch (seconds) in a run that may never
-    reconstruct.
-    """
-    if not _gpu_driver():
-        return []
-    import torch  # noqa: PLC0415 - only where a GPU may be
-
-    count = torch.cuda.device_count()
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is None:
-        return [str(i) for i in range(count)]
-    return [gpu.strip() for gpu in listed.split(",") if gpu.strip()][:count]
-
-
-def _gpu_driver() -> bool:
-    return any(Path(p).exists() for p in GPU_DRIVER_PATHS)
 
 
 @functools.cache

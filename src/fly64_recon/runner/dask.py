@@ -64,6 +64,7 @@ from kedro.pipeline.node import Node
 from kedro.runner import AbstractRunner
 from pluggy import PluginManager
 
+from fly64_recon.devices import visible_gpus
 from fly64_recon.record import running_on
 from fly64_recon.runner.common import (
     NodeHooks,
@@ -72,7 +73,6 @@ from fly64_recon.runner.common import (
     release_datasets,
     run_node,
     task_catalog,
-    visible_gpus,
 )
 
 logger = logging.getLogger(__name__)

@@ -56,6 +56,7 @@ from kedro.pipeline.node import Node
 from kedro.runner import AbstractRunner, Task
 from pluggy import PluginManager
 
+from fly64_recon.devices import visible_gpus
 from fly64_recon.logs import records_from, stderr_logged
 from fly64_recon.runner.common import (
     NodeHooks,
@@ -63,7 +64,6 @@ from fly64_recon.runner.common import (
     is_memory,
     release_datasets,
     task_catalog,
-    visible_gpus,
 )
 from fly64_recon.runner.groups import (
     NodeGroup,

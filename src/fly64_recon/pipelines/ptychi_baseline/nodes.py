@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from fly64_recon import beam
+from fly64_recon import beam, devices
 from fly64_recon.contract import ContractError, read_metadata, validate
 from fly64_recon.convergence import StoppingRule, StopReason
 from fly64_recon.datasets.job_folder import JobArtifacts
@@ -115,7 +115,7 @@ def _record(checked: CheckedInput, status: JobStatus) -> JobRecord:
         object_init=options.object_init,
         max_patterns=options.max_patterns,
         subsample_seed=options.subsample_seed,
-        options_fingerprint=options.fingerprint(),
+        options_fingerprint=options.fingerprint(devices.device_kind(options.device)),
         probe_modes=options.probe_modes,
         worker=current_worker(),
         warnings=checked.warnings,
@@ -209,6 +209,8 @@ def _run_job(
         device=result.device,
         wall_time_s=result.wall_time_s,
         peak_gpu_memory_mb=result.peak_gpu_memory_mb,
+        peak_gpu_memory_reserved_mb=result.peak_gpu_memory_reserved_mb,
+        warmup_s=result.warmup_s,
         final_loss=float(result.loss[-1]),
         **ending(rule, result.loss),
         finished_at=_now(),
@@ -375,12 +377,19 @@ def failure_reason(error: BaseException, record: JobRecord) -> str:
     if isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error):
         key = (record.algorithm or "LSQML").lower()
         return (
-            f"out of memory on the GPU: {error}. Reduce "
+            f"out of memory on the GPU: {error}. Run fewer jobs per GPU "
+            "(--runner-params workers_per_gpu=N), keep the patterns in host memory "
+            f"(ptychi_baseline.{key}.data_options.save_data_on_device: false), reduce "
             f"ptychi_baseline.{key}.reconstructor_options.batch_size (now "
             f"{record.batch_size}) or set max_patterns"
         )
     if isinstance(error, DivergedError):
         return str(error)
+    if devices.note_if_lost(error):
+        return (
+            f"{type(error).__name__}: {error} (a CUDA error that leaves the process's "
+            "GPU unusable: the runner replaces its worker before the next job)"
+        )
     return f"{type(error).__name__}: {error}"
 
 

@@ -138,9 +138,12 @@ class BaselineOptions:
         options.ptychi_options("cpu")
         return options
 
-    def fingerprint(self) -> str:
-        """Hash of everything that changes a reconstruction (not where it runs)."""
+    def fingerprint(self, device_kind: str) -> str:
+        """Hash of everything that changes a reconstruction, the kind of device it runs
+        on included (``devices.device_kind``: pty-chi draws its batches from a generator
+        on the device, so a CPU and a GPU run differ), not which GPU."""
         relevant = {
+            "device": device_kind,
             "engine": self.engine,
             "engine_options": self.engine_params,
             "probe_modes": self.probe_modes,
