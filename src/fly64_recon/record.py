@@ -22,6 +22,7 @@ from fly64_recon.study import Job
 JOB_TAG = "job"
 
 _WORKER: ContextVar[str] = ContextVar("fly64_recon_worker", default="local")
+_LOST_WORKER: ContextVar[str | None] = ContextVar("fly64_recon_lost", default=None)
 
 
 class JobStatus(str, Enum):
@@ -151,3 +152,20 @@ def running_on(worker: str) -> Iterator[None]:
 def current_worker() -> str:
     """The worker a runner placed this job on (:func:`running_on`), else ``local``."""
     return _WORKER.get()
+
+
+@contextmanager
+def after_lost_worker(reason: str | None) -> Iterator[None]:
+    """Inside this block a job runs again after the worker that ran it died (``reason``
+    says how); None: a first run."""
+    token = _LOST_WORKER.set(reason)
+    try:
+        yield
+    finally:
+        _LOST_WORKER.reset(token)
+
+
+def lost_worker() -> str | None:
+    """How the worker that ran this job before died (:func:`after_lost_worker`): the
+    job fails with it rather than run a second time. None on a first run."""
+    return _LOST_WORKER.get()

@@ -174,6 +174,33 @@ class NPZSource:
                     if key in npz.files
                 }
 
+    def shapes(self, keys: Iterable[str]) -> dict[str, tuple[int, ...]]:
+        """The shapes of the named members the file has, from their .npy headers alone
+        (no array is read); empty when the file is missing or unreadable."""
+        fs, path = self._fs_path()
+        try:
+            with fs.open(path, "rb") as handle, zipfile.ZipFile(handle) as archive:
+                members = set(archive.namelist())
+                return {
+                    key: _header_shape(archive, f"{key}.npy")
+                    for key in keys
+                    if f"{key}.npy" in members
+                }
+        except _READ_ERRORS:
+            return {}
+
+
+def _header_shape(archive: zipfile.ZipFile, member: str) -> tuple[int, ...]:
+    with archive.open(member) as handle:
+        major, _ = np.lib.format.read_magic(handle)
+        read = (
+            np.lib.format.read_array_header_1_0
+            if major == 1
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, _, _ = read(handle)
+    return tuple(shape)
+
 
 def _filesystem(
     filepath: str,

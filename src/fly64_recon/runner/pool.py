@@ -2,15 +2,18 @@
 
 ``kedro run`` runs with it unless ``--runner`` says otherwise (``cli.py``)::
 
-    kedro run                                   # every core
+    kedro run                                   # every core, or every GPU filled
     kedro run --runner-params max_workers=4     # at most 4 jobs at once
+    kedro run --runner-params workers_per_gpu=2 # 2 jobs at once on each GPU
     kedro run --runner SequentialRunner         # one node after the other, in-process
 
 The connected nodes of one namespace run as one task (``groups.py``): a job runs in one
 worker from its input file to its manifest entry, so its validated arrays never cross
 processes. As many groups run at once as there are worker slots: one per core, or
-``workers_per_gpu`` per visible GPU (each worker sees only its GPU), and never more than
-the pipeline has groups to run side by side. Each worker limits its numerical libraries
+``workers_per_gpu`` per visible GPU (each worker sees only its GPU; by default as many
+as the GPU's free memory holds by the jobs' sizes, one per core at most, at most 8:
+``capacity.py``), and never more than the pipeline has groups to run side by side. The
+longest jobs (most patterns) start first. Each worker limits its numerical libraries
 to its share of the cores (cores / workers; ``ptychi_baseline.cpu_threads`` still
 overrides it per job). When only one group at a time can run (a single job, or a single
 core), the nodes run in this process, with Kedro's own ``Task``, all hooks, and every
@@ -32,6 +35,15 @@ CUDA state) is inherited. Where things run:
 - A node that raises stops the run, as in a sequential run: no group starts after it,
   the groups already running finish, then the error is raised.
 
+Faults stay with their job. Each slot is a pool of its own, so a worker that dies
+(killed, out of host memory, a crash in native code) takes no other job with it: it is
+replaced, and its group runs again on the new worker with the node it was running
+marked (``record.after_lost_worker``), where a job records its failure with how the
+worker died and the rest of its group (record, evaluation) runs as for any failed job.
+A group whose worker dies twice is a node error. A worker whose GPU is lost (a CUDA
+error other than out-of-memory poisons the process's CUDA context) is replaced after
+its group.
+
 Only Kedro's public API is used, but for overriding ``AbstractRunner``'s abstract
 ``_run`` and ``_get_executor``, the way every Kedro runner is written.
 """
@@ -42,10 +54,11 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from contextlib import contextmanager
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
@@ -56,8 +69,9 @@ from kedro.pipeline.node import Node
 from kedro.runner import AbstractRunner, Task
 from pluggy import PluginManager
 
-from fly64_recon.devices import visible_gpus
+from fly64_recon.devices import free_gpu_memory_mib, visible_gpus
 from fly64_recon.logs import records_from, stderr_logged
+from fly64_recon.runner import capacity
 from fly64_recon.runner.common import (
     NodeHooks,
     available_cores,
@@ -73,6 +87,7 @@ from fly64_recon.runner.groups import (
 )
 from fly64_recon.runner.worker import (
     GroupOutcome,
+    LostNode,
     Slot,
     WorkerSetup,
     group_task,
@@ -90,26 +105,35 @@ class WorkerTraceback(Exception):
     """The traceback of an error raised in a worker process, as text."""
 
 
+class WorkerLostError(RuntimeError):
+    """A worker process died twice while running the same group."""
+
+
+AUTO = "auto"
+
+
 class PoolRunner(AbstractRunner):
     """Run the pipeline's independent node groups at once in worker processes."""
 
     def __init__(
         self,
         max_workers: int | None = None,
-        workers_per_gpu: int = 1,
+        workers_per_gpu: int | str = AUTO,
         is_async: bool = False,
     ) -> None:
         """``max_workers`` caps the jobs at once (default: the slots of the machine);
-        ``workers_per_gpu`` > 1 shares each visible GPU between that many jobs."""
+        ``workers_per_gpu`` shares each visible GPU between that many jobs (``auto``:
+        as many as its free memory holds, ``capacity.py``)."""
         super().__init__(is_async=is_async)
         self._async_io = is_async
         for name, value in (
             ("max_workers", max_workers),
-            ("workers_per_gpu", workers_per_gpu),
+            ("workers_per_gpu", None if workers_per_gpu == AUTO else workers_per_gpu),
         ):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(
-                    f"{name} must be a whole number of at least 1, not {value!r}"
+                    f"{name} must be a whole number of at least 1"
+                    f"{' or auto' if name == 'workers_per_gpu' else ''}, not {value!r}"
                 )
         self._max_workers = max_workers
         self._workers_per_gpu = workers_per_gpu
@@ -127,7 +151,7 @@ class PoolRunner(AbstractRunner):
     ) -> None:
         groups = node_groups(pipeline)
         dependencies = group_dependencies(pipeline, groups)
-        slots = worker_slots(self._workers_per_gpu)
+        slots = worker_slots(self._per_gpu(groups, catalog))
         cap = min(self._max_workers or len(slots), len(slots))
         workers = min(cap, widest_level(dependencies)) if groups else 1
         if workers <= 1:
@@ -142,10 +166,38 @@ class PoolRunner(AbstractRunner):
             threads,
         )
         setup = _Setup(slots[:workers], threads)
-        with setup.pool() as pool, records_from(setup.logs):
+        with _Workers(setup) as pool, records_from(setup.logs):
             _DriverLoop(
                 self, pool, setup, pipeline, catalog, hook_manager, run_id, dependencies
             ).run()
+
+    def _per_gpu(self, groups: list[NodeGroup], catalog: CatalogProtocol) -> int:
+        """``workers_per_gpu``, or on a GPU machine what ``auto`` makes of it."""
+        if self._workers_per_gpu != AUTO:
+            return int(self._workers_per_gpu)
+        gpus = visible_gpus()
+        if not gpus:
+            return 1
+        shapes = capacity.group_shapes(groups, catalog).values()
+        engine = capacity.engine_memory(catalog)
+        per_job = max(
+            (capacity.job_mib(shape, engine) for shape in shapes),
+            default=capacity.CUDA_CONTEXT_MIB,
+        )
+        free = free_gpu_memory_mib(gpus)
+        chosen = capacity.workers_per_gpu(
+            free.values(), per_job, available_cores() // len(gpus)
+        )
+        logger.info(
+            "workers_per_gpu auto: %d (largest job ~%.0f MiB on the GPU, free %s MiB, "
+            "%d cores for %d GPU(s))",
+            chosen,
+            per_job,
+            ", ".join(f"{mib:.0f}" for mib in free.values()) or "unknown",
+            available_cores(),
+            len(gpus),
+        )
+        return chosen
 
     def _run_here(
         self,
@@ -218,7 +270,7 @@ def worker_context() -> multiprocessing.context.BaseContext:
 
 
 class _Setup:
-    """The pool's processes and queues for one run."""
+    """The run's worker slots, queues and threads."""
 
     def __init__(self, slots: list[Slot], threads: int) -> None:
         self.context = worker_context()
@@ -227,20 +279,76 @@ class _Setup:
         self.logs = self.context.Queue()
         self.threads = threads
 
-    @contextmanager
-    def pool(self) -> Iterator[ProcessPoolExecutor]:
-        """The worker processes; they take their slots as they start."""
-        slots = self.context.Queue()
-        for slot in self.slots:
-            slots.put(slot)
-        setup = WorkerSetup(slots, self.starts, self.logs, dict(LOGGING), self.threads)
-        with ProcessPoolExecutor(
-            max_workers=len(self.slots),
-            mp_context=self.context,
+
+class _Workers:
+    """One single-process pool per slot: a worker that dies or loses its GPU is
+    replaced alone, and the jobs on the other slots go on."""
+
+    def __init__(self, setup: _Setup) -> None:
+        self._setup = setup
+        self._worker = WorkerSetup(
+            setup.starts, setup.logs, dict(LOGGING), setup.threads
+        )
+        self._pools = {slot.name: self._start(slot) for slot in setup.slots}
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for pool in self._pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _start(self, slot: Slot) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=self._setup.context,
             initializer=start_worker,
-            initargs=(setup,),
-        ) as pool:
-            yield pool
+            initargs=(self._worker, slot),
+        )
+
+    def submit(self, slot: Slot, task: bytes) -> Future:
+        """Run a group's task on the slot's worker (a new one if it had died idle)."""
+        try:
+            return self._pools[slot.name].submit(run_group, task)
+        except BrokenProcessPool:
+            self.replace(slot)
+            return self._pools[slot.name].submit(run_group, task)
+
+    def replace(self, slot: Slot) -> None:
+        """A fresh worker process for the slot, once the old one has gone (it is idle
+        or dead: waiting for it frees its queues, so nothing leaks)."""
+        self._pools[slot.name].shutdown(wait=True, cancel_futures=True)
+        self._pools[slot.name] = self._start(slot)
+
+    def how_it_ended(self, slot: Slot) -> str:
+        """How the slot's dead worker ended, in words (its exit code, if known)."""
+        # concurrent.futures keeps its processes in a private attribute; without it the
+        # message only loses the exit code.
+        processes = getattr(self._pools[slot.name], "_processes", None) or {}
+        codes = [p.exitcode for p in processes.values() if p.exitcode is not None]
+        if not codes:
+            return "ended abruptly"
+        return describe_exit(codes[0])
+
+
+def describe_exit(code: int) -> str:
+    """A worker's exit code in words: a signal by name, with its usual cause."""
+    if code >= 0:
+        return f"exited with code {code}"
+    name = signal.Signals(-code).name if -code in signal.valid_signals() else "?"
+    if name == "SIGKILL":
+        return "was killed (SIGKILL: often the kernel's out-of-memory killer)"
+    if name == "SIGSEGV":
+        return "crashed (SIGSEGV: a fault in native code)"
+    return f"was ended by signal {-code} ({name})"
+
+
+@dataclass
+class _Running:
+    """A group on a slot."""
+
+    group: NodeGroup
+    slot: Slot
 
 
 class _DriverLoop:
@@ -249,7 +357,7 @@ class _DriverLoop:
     def __init__(
         self,
         runner: PoolRunner,
-        pool: ProcessPoolExecutor,
+        pool: _Workers,
         setup: _Setup,
         pipeline: Pipeline,
         catalog: CatalogProtocol,
@@ -272,8 +380,11 @@ class _DriverLoop:
         )
         self.todo = list(dependencies)  # in the pipeline's topological order
         self.done: set[NodeGroup] = set()
-        self.running: dict[Future, NodeGroup] = {}
+        self.running: dict[Future, _Running] = {}
         self.error: BaseException | None = None
+        self.patterns: dict[NodeGroup, int] = {}  # of a ready group's input file
+        self.current: dict[str, str] = {}  # worker name -> the node it last started
+        self.lost: dict[NodeGroup, LostNode] = {}  # groups to run again, once
 
     def run(self) -> None:
         """Until every group has finished, or a node error and the running ones."""
@@ -285,28 +396,42 @@ class _DriverLoop:
             )
             self._announce_starts()
             for future in finished:
-                self._finish(self.running.pop(future), future.result())
+                self._collect(self.running.pop(future), future)
         if self.error is not None:
             raise self.error
 
     def _submit_ready(self) -> None:
-        free = len(self.setup.slots) - len(self.running)
-        ready = [g for g in self.todo if self.dependencies[g] <= self.done][:free]
+        busy = {running.slot.name for running in self.running.values()}
+        free = [slot for slot in self.setup.slots if slot.name not in busy]
+        ready = self._longest_first(
+            [g for g in self.todo if self.dependencies[g] <= self.done]
+        )
         if not ready and not self.running:
             names = [group.name for group in self.todo]
             raise RuntimeError(
                 f"no node group can start, though these have not run: {names}"
             )
-        for group in ready:
+        for group, slot in zip(ready, free, strict=False):
             self.todo.remove(group)
             task = group_task(
                 group.nodes,
                 task_catalog(group.nodes, self.catalog),
                 self.runner._async_io,
                 self._returned(group),
+                self.lost.get(group),
             )
-            future = self.pool.submit(run_group, task)
-            self.running[future] = group
+            self.running[self.pool.submit(slot, task)] = _Running(group, slot)
+
+    def _longest_first(self, ready: list[NodeGroup]) -> list[NodeGroup]:
+        """The ready groups, those with the most patterns to reconstruct first (the
+        order of the pipeline among equals); a group's input is read once, when it is
+        ready (a study simulated in the same run is then on disk)."""
+        unknown = [group for group in ready if group not in self.patterns]
+        for group, shape in capacity.group_shapes(unknown, self.catalog).items():
+            self.patterns[group] = shape.patterns
+        for group in unknown:
+            self.patterns.setdefault(group, 0)
+        return sorted(ready, key=lambda group: -self.patterns[group])
 
     def _returned(self, group: NodeGroup) -> frozenset[str]:
         """The outputs that come back: all but MemoryDatasets used only in the group."""
@@ -327,16 +452,53 @@ class _DriverLoop:
     def _announce_starts(self) -> None:
         while True:
             try:
-                _worker, name = self.setup.starts.get_nowait()
+                worker, name = self.setup.starts.get_nowait()
             except queue.Empty:
                 return
+            self.current[worker] = name
             self.hooks.before(self.nodes[name])
+
+    def _collect(self, running: _Running, future: Future) -> None:
+        try:
+            outcome = future.result()
+        except BrokenProcessPool:
+            self._announce_starts()  # the dead worker's last start may still be queued
+            self._worker_died(running)
+            return
+        if outcome.lost_gpu is not None:
+            logger.warning(
+                "Worker %s can no longer use its GPU (%s): replaced by a new one",
+                running.slot.name,
+                outcome.lost_gpu,
+            )
+            self.pool.replace(running.slot)
+        self._finish(running.group, outcome)
+
+    def _worker_died(self, running: _Running) -> None:
+        """Replace the worker; run its group again, once, its job marked as lost."""
+        group, slot = running.group, running.slot
+        node = self.current.pop(slot.name, None)
+        if node not in {n.name for n in group.nodes}:  # died before its first node
+            node = group.nodes[0].name
+        reason = (
+            f"the worker process running it ({slot.name}) "
+            f"{self.pool.how_it_ended(slot)} during {node}; it was replaced"
+        )
+        self.pool.replace(slot)
+        if group in self.lost:
+            self._fail(self.nodes[node], WorkerLostError(f"{group.name}: {reason}"))
+            return
+        logger.warning("%s: %s; running the job's group again", group.name, reason)
+        self.lost[group] = LostNode(node, reason)
+        self.todo.insert(0, group)
 
     def _finish(self, group: NodeGroup, outcome: GroupOutcome) -> None:
         for name, outputs in outcome.finished:
             self._node_done(self.nodes[name], outputs, outcome.worker)
         if outcome.failed is not None:
-            self._fail(self.nodes[outcome.failed], outcome)
+            error = outcome.error
+            error.__cause__ = WorkerTraceback(outcome.traceback)
+            self._fail(self.nodes[outcome.failed], error, outcome.worker)
             return
         self.done.add(group)
 
@@ -345,17 +507,15 @@ class _DriverLoop:
         logger.info("Completed node: %s (on worker %s)", node.name, worker)
         release_datasets(node, self.catalog, self.load_counts, self.pipeline)
 
-    def _fail(self, node: Node, outcome: GroupOutcome) -> None:
-        error = outcome.error
-        error.__cause__ = WorkerTraceback(outcome.traceback)
+    def _fail(self, node: Node, error: BaseException, worker: str = "") -> None:
         self.hooks.error(node, error)
         if self.error is None:
             self.error = error
             logger.warning(
-                "%s failed on worker %s; no other node starts (%d groups have not "
-                "run): run the same command again once it is fixed (the "
-                "reconstructions already made are cached)",
+                "%s failed%s; no other node starts (%d groups have not run): run the "
+                "same command again once it is fixed (the reconstructions already made "
+                "are cached)",
                 node.name,
-                outcome.worker,
+                f" on worker {worker}" if worker else "",
                 len(self.todo),
             )

@@ -1,10 +1,12 @@
 """The worker side of the process pool: set a worker up once, then run node groups.
 
-A worker process takes one slot (its name, and its GPU where there are GPUs), limits
+A worker process has one slot (its name, and its GPU where there are GPUs), limits
 its threads to its share of the cores, logs through a queue to the ``kedro run``
 process, and runs each group it is given node by node with Kedro's ``Node.run``
 between the catalog's ``load`` and ``save``. Before each node it says so on the starts
-queue, where the driver turns it into ``before_node_run``.
+queue, where the driver turns it into ``before_node_run``. After each group it says
+whether it can still use its GPU (``devices.lost_context``): if not, the driver
+replaces it.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import Any
 from kedro.io import DataCatalog
 from kedro.pipeline.node import Node
 
+from fly64_recon import devices
 from fly64_recon.logs import forward_logs, install_warning_filters
-from fly64_recon.record import running_on
+from fly64_recon.record import after_lost_worker, running_on
 from fly64_recon.runner.common import fast_malloc, run_node
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -39,7 +42,6 @@ class Slot:
 class WorkerSetup:
     """What every worker gets when it starts (multiprocessing queues included)."""
 
-    slots: Any  # a multiprocessing queue of Slot, one taken per worker
     starts: Any  # a multiprocessing queue of (worker, node name)
     logs: Any  # a multiprocessing queue of log records
     logging_config: Mapping[str, Any]
@@ -48,13 +50,23 @@ class WorkerSetup:
 
 @dataclass(frozen=True)
 class GroupOutcome:
-    """A group's run: each finished node's outputs for the driver; the error if any."""
+    """A group's run: each finished node's outputs for the driver; the error if any;
+    why the worker can no longer use its GPU, if it cannot."""
 
     worker: str
     finished: list[tuple[str, dict[str, Any]]]
     failed: str | None = None
     error: BaseException | None = None
     traceback: str | None = None
+    lost_gpu: str | None = None
+
+
+@dataclass(frozen=True)
+class LostNode:
+    """The node a group was running when its worker died, and how it died."""
+
+    name: str
+    reason: str
 
 
 class _Worker:
@@ -64,10 +76,10 @@ class _Worker:
     starts: Any = None
 
 
-def start_worker(setup: WorkerSetup) -> None:
-    """The pool's initializer: slot, threads, malloc, logging; before any import of torch."""
+def start_worker(setup: WorkerSetup, slot: Slot) -> None:
+    """The worker's initializer: slot, threads, malloc, logging; before any import of
+    torch."""
     fast_malloc()
-    slot: Slot = setup.slots.get()
     os.environ.update(slot.env)
     limit_threads(setup.threads)
     forward_logs(setup.logs, setup.logging_config)
@@ -85,29 +97,42 @@ def limit_threads(threads: int) -> None:
 def run_group(task: bytes) -> GroupOutcome:
     """Run a pickled group's nodes in order; its outputs named in ``keep`` go back.
 
-    ``task`` is ``(nodes, catalog, is_async, keep)`` pickled by the standard pickler:
-    multiprocessing's own drops the attributes of a ``functools.partial``, and with them
-    the name that ``pipelines.bind`` gives a node's function. A node that raises ends
-    the group: the outcome names it, with the error and its traceback as text (the
-    traceback object does not cross processes).
+    ``task`` is ``(nodes, catalog, is_async, keep, lost)`` pickled by the standard
+    pickler: multiprocessing's own drops the attributes of a ``functools.partial``, and
+    with them the name that ``pipelines.bind`` gives a node's function. A node that
+    raises ends the group: the outcome names it, with the error and its traceback as
+    text (the traceback object does not cross processes). ``lost`` (a ``LostNode``)
+    marks a group run again after its worker died: that node runs under
+    ``record.after_lost_worker``, so a job records its failure instead of running again.
     """
-    nodes, catalog, is_async, keep = pickle.loads(task)  # noqa: S301 - from the driver
+    nodes, catalog, is_async, keep, lost = pickle.loads(task)  # noqa: S301 - driver's
     finished: list[tuple[str, dict[str, Any]]] = []
     for node in nodes:
         _Worker.starts.put((_Worker.name, node.name))
+        died = lost.reason if lost is not None and lost.name == node.name else None
         try:
-            with running_on(_Worker.name):
+            with running_on(_Worker.name), after_lost_worker(died):
                 outputs = run_node(node, catalog, is_async)
         except Exception as error:  # noqa: BLE001 - the driver raises it, as Kedro would
+            devices.note_if_lost(error)
             return GroupOutcome(
-                _Worker.name, finished, node.name, error, traceback.format_exc()
+                _Worker.name,
+                finished,
+                node.name,
+                error,
+                traceback.format_exc(),
+                devices.lost_context(),
             )
         finished.append((node.name, {k: v for k, v in outputs.items() if k in keep}))
-    return GroupOutcome(_Worker.name, finished)
+    return GroupOutcome(_Worker.name, finished, lost_gpu=devices.lost_context())
 
 
 def group_task(
-    nodes: tuple[Node, ...], catalog: DataCatalog, is_async: bool, keep: frozenset[str]
+    nodes: tuple[Node, ...],
+    catalog: DataCatalog,
+    is_async: bool,
+    keep: frozenset[str],
+    lost: LostNode | None = None,
 ) -> bytes:
     """What :func:`run_group` takes, pickled in the driver."""
-    return pickle.dumps((nodes, catalog, is_async, keep), pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps((nodes, catalog, is_async, keep, lost), pickle.HIGHEST_PROTOCOL)

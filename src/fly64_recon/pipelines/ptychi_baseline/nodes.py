@@ -29,7 +29,7 @@ from fly64_recon.pipelines.ptychi_baseline import engines
 from fly64_recon.pipelines.ptychi_baseline.figures import job_figure
 from fly64_recon.pipelines.ptychi_baseline.options import BaselineOptions
 from fly64_recon.progress import report_epoch
-from fly64_recon.record import JobRecord, JobStatus, current_worker
+from fly64_recon.record import JobRecord, JobStatus, current_worker, lost_worker
 from fly64_recon.scoring import has_ground_truth, photons_per_pattern
 from fly64_recon.study import Job
 
@@ -81,10 +81,17 @@ def validate_input(
 
 
 def reconstruct(checked: CheckedInput, previous: JobArtifacts) -> JobArtifacts:
-    """Run the engine on a ready input, unless its outputs match input and options."""
+    """Run the engine on a ready input, unless its outputs match input and options, or
+    its worker died running it before (the job fails with how)."""
     if checked.status is not JobStatus.READY:
         return JobArtifacts(_record(checked, checked.status).to_dict())
     record = _record(checked, JobStatus.PLANNED)
+    died = lost_worker()
+    if died is not None:
+        failed = replace(
+            record, status=JobStatus.FAILED, reason=died, finished_at=_now()
+        )
+        return JobArtifacts(failed.to_dict())
     done = _earlier_success(previous)
     if done is not None and _same_input_and_options(done, record):
         reason = "outputs exist for this input (sha256) and these options"
@@ -194,7 +201,9 @@ def _run_job(
             else None
         )
     except Exception as error:  # noqa: BLE001 - any failure is this job's, not the study's
-        logger.error("%s failed:\n%s", checked.job.namespace, traceback.format_exc())
+        # The traceback goes to the job's and the run's logs; the console says the
+        # job failed, and why, in one line (the record's reason).
+        logger.info("%s failed:\n%s", checked.job.namespace, traceback.format_exc())
         reason = failure_reason(error, record)
         failed = replace(
             record, status=JobStatus.FAILED, reason=reason, finished_at=_now()
