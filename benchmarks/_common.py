@@ -162,6 +162,14 @@ def study_namespaces(project: Path, env: str = "local") -> list[str]:
     return [job.namespace for job in design.jobs()]
 
 
+def bare_device() -> str:
+    """The device the pipeline's ``device: auto`` picks here, for ``bare_job.py``: the
+    bare arm must run where the pipeline's job runs."""
+    import torch  # noqa: PLC0415 - only for the arms that need it
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def worker_command(script: str, *args: str) -> list[str]:
     """``python benchmarks/SCRIPT ARGS``."""
     return [sys.executable, str(BENCHMARKS / script), *args]

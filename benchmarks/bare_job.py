@@ -9,13 +9,18 @@ DATA-001 -> pty-chi conversion of ``engines.to_ptychi_inputs``.
 Usage::
 
     python benchmarks/bare_job.py INPUT.npz OUTPUT.npz --epochs 4 [--device cpu]
-        [--result timings.json]
+        [--save-data-on-device auto|true|false] [--result timings.json]
+
+On a GPU the patterns stay on the device, as the pipeline keeps them
+(``--save-data-on-device auto``: true on cuda).
 
 It writes the reconstruction (object, probe, positions, loss) to OUTPUT.npz and, with
 ``--result``, its timings as JSON: ``import_s`` (torch + pty-chi), ``load_s`` (np.load of
 every array), ``convert_s``, ``reconstruction_s`` (task build + epochs, the span the
-pipeline records as ``wall_time_s``), ``save_s``, ``job_s`` (load to save), ``job_cpu_s`` (CPU time of
-all threads over the same span), ``final_loss`` and ``peak_rss_mib``.
+pipeline records as ``wall_time_s``, the first job's set-up on a GPU included), ``save_s``,
+``job_s`` (load to save), ``job_cpu_s`` (CPU time of all threads over the same span),
+``epochs``, ``final_loss``, ``peak_gpu_memory_mb`` and ``peak_gpu_memory_reserved_mb``
+(on a GPU) and ``peak_rss_mib``.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ def convert(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     }
 
 
-def options(epochs: int, device: str) -> LSQMLOptions:
+def options(epochs: int, device: str, patterns_on_device: bool) -> LSQMLOptions:
     """The baseline's LSQML options, written out by hand."""
     opts = LSQMLOptions()
     rec = opts.reconstructor_options
@@ -74,6 +79,7 @@ def options(epochs: int, device: str) -> LSQMLOptions:
     opts.probe_options.optimizable = True
     opts.probe_position_options.optimizable = False
     opts.data_options.fft_shift = True
+    opts.data_options.save_data_on_device = patterns_on_device
     return opts
 
 
@@ -92,14 +98,16 @@ def reconstruct(inputs: dict[str, Any], opts: LSQMLOptions) -> dict[str, np.ndar
     }
 
 
-def run(input_path: Path, output_path: Path, epochs: int, device: str) -> dict:
+def run(
+    input_path: Path, output_path: Path, epochs: int, device: str, on_device: bool
+) -> dict:
     """The job, timed step by step."""
     cpu_started = time.process_time()
     marks = [time.perf_counter()]
     arrays = load(input_path)
     marks.append(time.perf_counter())
     inputs = convert(arrays)
-    opts = options(epochs, device)
+    opts = options(epochs, device, on_device)
     marks.append(time.perf_counter())
     result = reconstruct(inputs, opts)
     marks.append(time.perf_counter())
@@ -112,13 +120,15 @@ def run(input_path: Path, output_path: Path, epochs: int, device: str) -> dict:
         **timings,
         "job_s": marks[-1] - marks[0],
         "job_cpu_s": time.process_time() - cpu_started,
+        "epochs": epochs,
         "final_loss": float(result["loss"][-1]),
-        "peak_gpu_memory_mb": (
-            torch.cuda.max_memory_allocated() / 2**20
-            if torch.cuda.is_initialized()
-            else None
-        ),
+        "peak_gpu_memory_mb": _gpu_mib(torch.cuda.max_memory_allocated),
+        "peak_gpu_memory_reserved_mb": _gpu_mib(torch.cuda.max_memory_reserved),
     }
+
+
+def _gpu_mib(counter) -> float | None:
+    return counter() / 2**20 if torch.cuda.is_initialized() else None
 
 
 def main() -> None:
@@ -128,9 +138,17 @@ def main() -> None:
     parser.add_argument("output", type=Path)
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument(
+        "--save-data-on-device", default="auto", choices=("auto", "true", "false")
+    )
     parser.add_argument("--result", type=Path)
     args = parser.parse_args()
-    timings = run(args.input, args.output, args.epochs, args.device)
+    on_device = (
+        args.device == "cuda"
+        if args.save_data_on_device == "auto"
+        else args.save_data_on_device == "true"
+    )
+    timings = run(args.input, args.output, args.epochs, args.device, on_device)
     timings["import_s"] = _IMPORTED - _STARTED
     timings["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.result:

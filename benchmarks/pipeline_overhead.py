@@ -37,6 +37,7 @@ from typing import Any
 
 from _common import (
     add_study_options,
+    bare_device,
     input_path,
     machine,
     median,
@@ -166,6 +167,7 @@ def sample(arm: str, project: Path, run_dir: Path, args: argparse.Namespace) -> 
             str(input_path(project, args.namespace)),
             str(run_dir / "out" / "reconstruction.npz"),
             f"--epochs={args.epochs}",
+            f"--device={bare_device()}",
             f"--result={result}",
         )
     else:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from _common import (
     add_study_options,
+    bare_device,
     epochs_param,
     input_path,
     kedro_command,
@@ -81,7 +82,7 @@ def bare_arm(project: Path, out: Path, epochs: int, namespace: str) -> dict:
         "bare_job.py",
         str(input_path(project, namespace)),
         str(out / "bare.npz"),
-        *("--epochs", str(epochs), "--result", str(result)),
+        *("--epochs", str(epochs), "--device", bare_device(), "--result", str(result)),
     )
     wall = run_logged(command, project, out.parent / "bare.log", kedro_env())
     timings = json.loads(result.read_text())

@@ -61,11 +61,11 @@ class EngineMemory:
     def from_params(cls, params: Mapping[str, Any]) -> EngineMemory:
         """From ``ptychi_baseline``'s parameters, without importing pty-chi: the chosen
         engine's batch size (every position at once when it has none) and whether the
-        patterns stay on the GPU (the project's default there)."""
+        patterns are kept on the GPU (pty-chi's default: no)."""
         engine = params.get("engine", "LSQML").lower()
         options = params.get(engine) or {}
         batch = (options.get("reconstructor_options") or {}).get("batch_size")
-        on_gpu = (options.get("data_options") or {}).get("save_data_on_device", True)
+        on_gpu = (options.get("data_options") or {}).get("save_data_on_device", False)
         return cls(batch or 0, params.get("probe_modes", 1), bool(on_gpu))
 
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from fly64_recon.pipelines.ptychi_baseline.loader import batched
+
 logger = logging.getLogger(__name__)
 
 OPTION_SECTIONS = (
@@ -159,12 +161,6 @@ def build_options(engine: Engine, params: Mapping[str, Any], device: str) -> Any
     reconstructor.default_device = Devices.CPU if device == "cpu" else Devices.GPU
     reconstructor.default_dtype = Dtypes.FLOAT32
     options.data_options.fft_shift = False  # to_ptychi_inputs moves the DC term
-    if device != "cpu" and "save_data_on_device" not in (
-        params.get("data_options") or {}
-    ):
-        # Keep the patterns on the GPU: otherwise every batch of every epoch is gathered
-        # on the host and copied to the device from pageable memory.
-        options.data_options.save_data_on_device = True
     return options
 
 
@@ -400,8 +396,9 @@ def run_engine(
     """Run the engine of ``options`` for its epochs, or until ``on_epoch`` (given the
     loss per epoch so far) says stop; torch's process-wide state is left as found.
 
-    On a GPU the process's one-off set-up for these shapes runs first and is timed
-    apart (:func:`warm_up`); the peak memory is the job's own.
+    The task's loader gathers each batch with one index (``loader.batched``: the same
+    batches, bit for bit). On a GPU the process's one-off set-up for these shapes runs
+    first and is timed apart (:func:`warm_up`); the peak memory is the job's own.
     """
     import torch  # noqa: PLC0415 - see the module docstring
     from ptychi.api.task import PtychographyTask
@@ -412,7 +409,7 @@ def run_engine(
         if on_gpu:
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
-        task = PtychographyTask(options, **_task_data(inputs))
+        task = batched(PtychographyTask(options, **_task_data(inputs)))
         with task:
             _run_epochs(task, options.reconstructor_options.num_epochs, on_epoch)
             if on_gpu:
@@ -487,7 +484,7 @@ def warm_up(inputs: PtychiInputs, options: Any) -> float | None:
     once = copy.deepcopy(options)
     once.reconstructor_options.num_epochs = 2
     started = time.perf_counter()
-    with PtychographyTask(once, **_task_data(batch)) as task:
+    with batched(PtychographyTask(once, **_task_data(batch))) as task:
         task.run()
     _synchronize()
     return time.perf_counter() - started
