@@ -8,10 +8,11 @@ import pytest
 import torch
 from conftest import simulate_phase_c, tiny_simulate_params
 
+from fly64_recon import devices
 from fly64_recon.datasets import JobArtifacts, JobFolderDataset, NPZSource, npz_bytes
 from fly64_recon.pipelines.ptychi_baseline import engines, nodes
 from fly64_recon.pipelines.ptychi_baseline.options import BaselineOptions
-from fly64_recon.record import JobStatus
+from fly64_recon.record import JobStatus, after_lost_worker
 from fly64_recon.scoring import has_ground_truth
 from fly64_recon.study import Job
 
@@ -166,6 +167,53 @@ def test_out_of_memory_fails_with_advice(source, empty_folder, monkeypatch):
 
     assert out.record["status"] == "failed"
     assert "batch_size (now 16)" in out.record["reason"]
+
+
+def test_out_of_memory_advice_names_workers_per_gpu_and_patterns_on_the_host(
+    source, empty_folder, monkeypatch
+):
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+
+    monkeypatch.setattr(engines, "run_engine", oom)
+    out = nodes.reconstruct(
+        nodes.validate_input(source, PARAMS, JOB), empty_folder.load()
+    )
+
+    reason = out.record["reason"]
+    assert "--runner-params workers_per_gpu=N" in reason
+    assert "ptychi_baseline.lsqml.data_options.save_data_on_device: false" in reason
+
+
+def test_a_cuda_error_fails_the_job_and_tells_the_runner(
+    source, empty_folder, monkeypatch
+):
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(engines, "run_engine", broken)
+    monkeypatch.setattr(devices, "_LOST", {})
+    out = nodes.reconstruct(
+        nodes.validate_input(source, PARAMS, JOB), empty_folder.load()
+    )
+
+    assert out.record["status"] == "failed"
+    assert "the runner replaces its worker" in out.record["reason"]
+    assert devices.lost_context().startswith("RuntimeError: CUDA error")
+
+
+def test_a_job_whose_worker_died_fails_with_how_and_does_not_run_again(
+    source, empty_folder, monkeypatch
+):
+    monkeypatch.setattr(engines, "run_engine", pytest.fail)
+    checked = nodes.validate_input(source, PARAMS, JOB)
+    how = "the worker process running it (gpu0-2) was killed (SIGKILL ...)"
+
+    with after_lost_worker(how):
+        out = nodes.reconstruct(checked, empty_folder.load())
+
+    assert (out.record["status"], out.record["reason"]) == ("failed", how)
+    assert out.record["input_sha256"] == checked.sha256 and out.arrays is None
 
 
 def test_max_patterns_is_a_seeded_recorded_subset():

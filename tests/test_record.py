@@ -44,6 +44,8 @@ RECORD_KEYS = {
     "warnings",
     "wall_time_s",
     "peak_gpu_memory_mb",
+    "peak_gpu_memory_reserved_mb",
+    "warmup_s",
     "final_loss",
     "epochs_run",
     "stop_reason",

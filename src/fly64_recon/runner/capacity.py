@@ -1,14 +1,15 @@
 """How many jobs one GPU holds at once, and how long each job is, from what its input
 file's headers say before any job runs.
 
-A job's GPU memory, LSQML's (MiB; the factors measured on the CPU with pty-chi 2.2,
-peak resident memory against patterns N, batch b and object H x W, 2026-12-04,
-docs/performance.md)::
+A job's GPU memory, LSQML's (MiB; the factors fitted to the peak resident memory of
+one job on the CPU against its patterns n, their side N, the batch b and the object
+H x W: ``benchmarks/job_memory.py``, 2026-12-04, docs/performance.md)::
 
     CUDA_CONTEXT_MIB                          the process's CUDA context and kernels
     + n N^2 4 B                               the patterns, when kept on the GPU
     + BATCH_COPIES  b modes N^2 8 B           a batch's waves, FFTs and updates
     + OBJECT_COPIES H W 8 B                   the object, its update and illumination
+    + n PATTERN_KIB KiB                       per-position state
     + FIXED_MIB
 
 ``workers_per_gpu`` is then as many as the free memory holds (with a margin), at most
@@ -33,8 +34,9 @@ logger = logging.getLogger(__name__)
 
 MAX_WORKERS_PER_GPU = 8
 CUDA_CONTEXT_MIB = 500.0
-BATCH_COPIES = 25
+BATCH_COPIES = 30
 OBJECT_COPIES = 12
+PATTERN_KIB = 10.0
 FIXED_MIB = 32.0
 FREE_MEMORY_MARGIN = 0.9  # of the free memory, the rest for fragmentation and others
 ENGINE_PARAMETERS = "params:ptychi_baseline"
@@ -81,6 +83,7 @@ def job_mib(shape: JobShape, engine: EngineMemory) -> float:
         + patterns
         + BATCH_COPIES * batch * engine.probe_modes * wave
         + OBJECT_COPIES * shape.object_pixels * 8 / 2**20
+        + shape.patterns * PATTERN_KIB / 2**10
         + FIXED_MIB
     )
 
