@@ -117,7 +117,6 @@ def synthetic_inputs(patterns: int, size: int, seed: int = 0) -> Any:
 
 def new_task(inputs: Any, args: argparse.Namespace, setting: Setting) -> Any:
     """The baseline's LSQML task, built as ``engines.run_engine`` builds it."""
-    import torch
     from ptychi.api.task import PtychographyTask
 
     from fly64_recon.pipelines.ptychi_baseline import engines, loader
@@ -135,14 +134,7 @@ def new_task(inputs: Any, args: argparse.Namespace, setting: Setting) -> Any:
         "data_options": {"save_data_on_device": setting.on_device},
     }
     options = engines.build_options(engines.ENGINES["LSQML"], params, args.device)
-    task = PtychographyTask(
-        options,
-        diffraction_data=torch.from_numpy(inputs.intensities),
-        object_data=inputs.object_init,
-        probe_data=inputs.probe_init,
-        probe_position_x_px=inputs.position_x_px,
-        probe_position_y_px=inputs.position_y_px,
-    )
+    task = PtychographyTask(options, **engines.task_data(inputs))
     return loader.batched(task) if setting.batched else task
 
 

@@ -319,15 +319,7 @@ def test_lsqml_reconstructs_a_known_object_on_cpu(known_object_study, monkeypatc
     for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
         monkeypatch.setenv(name, value)
     study = known_object_study
-    inputs = engines.to_ptychi_inputs(
-        study["diffraction"],
-        study["probeGuess"],
-        study["objectGuess"],
-        study["xcoords"],
-        study["ycoords"],
-        study["intensity_scale"],
-        "flat",
-    )
+    inputs = known_inputs(study)
     options = engines.build_options(
         LSQML, {"reconstructor_options": {"num_epochs": 12, "batch_size": 32}}, "cpu"
     )
@@ -350,6 +342,19 @@ def test_lsqml_reconstructs_a_known_object_on_cpu(known_object_study, monkeypatc
     assert final_error < 0.4 * start_error
 
 
+def known_inputs(study):
+    """The known object's study in pty-chi's conventions, from a flat start."""
+    return engines.to_ptychi_inputs(
+        study["diffraction"],
+        study["probeGuess"],
+        study["objectGuess"],
+        study["xcoords"],
+        study["ycoords"],
+        study["intensity_scale"],
+        "flat",
+    )
+
+
 def phase_error(obj, study, region):
     """Mean absolute phase difference in the scanned region, global phase removed."""
     a, b = obj[region], study["objectGuess"][region]
@@ -360,15 +365,7 @@ def phase_error(obj, study, region):
 def test_the_warm_up_runs_once_per_shape_in_a_process(known_object_study, monkeypatch):
     monkeypatch.setattr(engines, "_WARMED", set())
     study = known_object_study
-    inputs = engines.to_ptychi_inputs(
-        study["diffraction"],
-        study["probeGuess"],
-        study["objectGuess"],
-        study["xcoords"],
-        study["ycoords"],
-        study["intensity_scale"],
-        "flat",
-    )
+    inputs = known_inputs(study)
     options = engines.build_options(
         LSQML, {"reconstructor_options": {"num_epochs": 30, "batch_size": 16}}, "cpu"
     )

@@ -57,14 +57,7 @@ def new_task(inputs, options):
     """A built pty-chi task, as ``engines.run_engine`` builds it."""
     from ptychi.api.task import PtychographyTask
 
-    return PtychographyTask(
-        options,
-        diffraction_data=torch.from_numpy(inputs.intensities),
-        object_data=inputs.object_init,
-        probe_data=inputs.probe_init,
-        probe_position_x_px=inputs.position_x_px,
-        probe_position_y_px=inputs.position_y_px,
-    )
+    return PtychographyTask(options, **engines.task_data(inputs))
 
 
 @pytest.fixture(autouse=True)

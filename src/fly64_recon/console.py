@@ -5,7 +5,7 @@ the running jobs with their epoch and loss, the time elapsed and the time left; 
 is printed above it for every job that finishes. Without a terminal (CI, a pipe) the
 same arrives as plain lines: one per finished job, and a progress line at most every
 ``PLAIN_EVERY_S`` seconds. The jobs' epochs reach the display as log records of
-``progress.PROGRESS_LOGGER`` (from worker processes too, see ``logs.records_from``);
+``progress.PROGRESS_LOGGER`` (from worker processes too, see ``logs.WorkerRecords``);
 the jobs' starts and records come from the hooks.
 """
 

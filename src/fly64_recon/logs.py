@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, redirect_stderr
 from datetime import datetime
-from logging.handlers import QueueHandler, QueueListener
+from logging.handlers import QueueHandler
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +126,10 @@ def stderr_logged() -> Iterator[None]:
         yield
 
 
-class _ToItsLogger(logging.Handler):
-    """Hand a worker's record to the logger of the same name in this process.
+class WorkerRecords(logging.Handler):
+    """Hand a worker's record to the logger of the same name in this process, as the
+    logging cookbook's multiprocessing recipe does (the console, the run's log file, the
+    study's progress display).
 
     A warning that several workers give once each (each is a process of its own) is
     handled once per run.
@@ -144,18 +146,3 @@ class _ToItsLogger(logging.Handler):
                 return
             self._warned.add(key)
         logging.getLogger(record.name).handle(record)
-
-
-@contextmanager
-def records_from(queue: Any) -> Iterator[None]:
-    """While the block runs, records put on ``queue`` are handled in this process.
-
-    Each goes to its own logger here (the console, the run's log file, the study's
-    progress display), as the logging cookbook's multiprocessing recipe does.
-    """
-    listener = QueueListener(queue, _ToItsLogger())
-    listener.start()
-    try:
-        yield
-    finally:
-        listener.stop()

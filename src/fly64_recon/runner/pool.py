@@ -30,8 +30,10 @@ CUDA state) is inherited. Where things run:
   node starts, ``after_node_run`` with the node's outputs when its group has finished
   (outputs that stay in the worker are left out; ``inputs`` are empty). Dataset hooks
   do not run. A job records the worker it ran on (``record.running_on``).
-- Worker log records (the jobs' epochs included) come to this process through a queue
-  and go to its loggers (``logs.records_from``).
+- Worker log records (the jobs' epochs included) come to this process through each
+  worker's own queue, read by a thread of its own, and go to its loggers
+  (``logs.WorkerRecords``). Not one queue for all: a worker killed while it writes
+  leaves its queue's lock held, and only its own queue must wait forever.
 - A node that raises stops the run, as in a sequential run: no group starts after it,
   the groups already running finish, then the error is raised.
 
@@ -55,6 +57,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import threading
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -70,7 +73,7 @@ from kedro.runner import AbstractRunner, Task
 from pluggy import PluginManager
 
 from fly64_recon.devices import free_gpu_memory_mib, visible_gpus
-from fly64_recon.logs import records_from, stderr_logged
+from fly64_recon.logs import WorkerRecords, stderr_logged
 from fly64_recon.runner import capacity
 from fly64_recon.runner.common import (
     NodeHooks,
@@ -88,6 +91,7 @@ from fly64_recon.runner.groups import (
 from fly64_recon.runner.worker import (
     GroupOutcome,
     LostNode,
+    NodeStarted,
     Slot,
     WorkerSetup,
     group_task,
@@ -166,7 +170,7 @@ class PoolRunner(AbstractRunner):
             threads,
         )
         setup = _Setup(slots[:workers], threads)
-        with _Workers(setup) as pool, records_from(setup.logs):
+        with _Workers(setup) as pool:
             _DriverLoop(
                 self, pool, setup, pipeline, catalog, hook_manager, run_id, dependencies
             ).run()
@@ -270,14 +274,41 @@ def worker_context() -> multiprocessing.context.BaseContext:
 
 
 class _Setup:
-    """The run's worker slots, queues and threads."""
+    """The run's worker slots and threads."""
 
     def __init__(self, slots: list[Slot], threads: int) -> None:
         self.context = worker_context()
         self.slots = slots
-        self.starts = self.context.Queue()
-        self.logs = self.context.Queue()
         self.threads = threads
+
+
+class _Channel:
+    """One worker's queue, read by a thread of this process: its log records go to
+    their loggers, its ``NodeStarted`` to ``starts`` for the driver."""
+
+    def __init__(
+        self,
+        context: multiprocessing.context.BaseContext,
+        starts: queue.Queue,
+        records: WorkerRecords,
+    ) -> None:
+        self.queue = context.Queue()
+        self._thread = threading.Thread(
+            target=self._read, args=(starts, records), daemon=True
+        )
+        self._thread.start()
+
+    def _read(self, starts: queue.Queue, records: WorkerRecords) -> None:
+        while (item := self.queue.get()) is not None:
+            if isinstance(item, NodeStarted):
+                starts.put(item)
+            else:
+                records.handle(item)
+
+    def close(self) -> None:
+        """Read what the (exited) worker left, then stop."""
+        self.queue.put(None)
+        self._thread.join()
 
 
 class _Workers:
@@ -286,24 +317,28 @@ class _Workers:
 
     def __init__(self, setup: _Setup) -> None:
         self._setup = setup
-        self._worker = WorkerSetup(
-            setup.starts, setup.logs, dict(LOGGING), setup.threads
-        )
+        self.starts: queue.Queue[NodeStarted] = queue.Queue()
+        self._records = WorkerRecords()
+        self._channels: dict[str, _Channel] = {}
         self._pools = {slot.name: self._start(slot) for slot in setup.slots}
 
     def __enter__(self) -> _Workers:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for pool in self._pools.values():
+        for name, pool in self._pools.items():
             pool.shutdown(wait=True, cancel_futures=True)
+            self._channels[name].close()
 
     def _start(self, slot: Slot) -> ProcessPoolExecutor:
+        channel = _Channel(self._setup.context, self.starts, self._records)
+        self._channels[slot.name] = channel
+        worker = WorkerSetup(channel.queue, dict(LOGGING), self._setup.threads)
         return ProcessPoolExecutor(
             max_workers=1,
             mp_context=self._setup.context,
             initializer=start_worker,
-            initargs=(self._worker, slot),
+            initargs=(worker, slot),
         )
 
     def submit(self, slot: Slot, task: bytes) -> Future:
@@ -311,13 +346,16 @@ class _Workers:
         try:
             return self._pools[slot.name].submit(run_group, task)
         except BrokenProcessPool:
-            self.replace(slot)
+            self.replace(slot, died=True)
             return self._pools[slot.name].submit(run_group, task)
 
-    def replace(self, slot: Slot) -> None:
-        """A fresh worker process for the slot, once the old one has gone (it is idle
-        or dead: waiting for it frees its queues, so nothing leaks)."""
+    def replace(self, slot: Slot, died: bool) -> None:
+        """A fresh worker process, and channel, for the slot once the old one has gone
+        (it is idle or dead). A dead worker's channel is left to its thread (a daemon):
+        the worker may have died holding its queue's lock."""
         self._pools[slot.name].shutdown(wait=True, cancel_futures=True)
+        if not died:
+            self._channels[slot.name].close()
         self._pools[slot.name] = self._start(slot)
 
     def how_it_ended(self, slot: Slot) -> str:
@@ -452,11 +490,11 @@ class _DriverLoop:
     def _announce_starts(self) -> None:
         while True:
             try:
-                worker, name = self.setup.starts.get_nowait()
+                started = self.pool.starts.get_nowait()
             except queue.Empty:
                 return
-            self.current[worker] = name
-            self.hooks.before(self.nodes[name])
+            self.current[started.worker] = started.node
+            self.hooks.before(self.nodes[started.node])
 
     def _collect(self, running: _Running, future: Future) -> None:
         try:
@@ -471,7 +509,7 @@ class _DriverLoop:
                 running.slot.name,
                 outcome.lost_gpu,
             )
-            self.pool.replace(running.slot)
+            self.pool.replace(running.slot, died=False)
         self._finish(running.group, outcome)
 
     def _worker_died(self, running: _Running) -> None:
@@ -484,7 +522,7 @@ class _DriverLoop:
             f"the worker process running it ({slot.name}) "
             f"{self.pool.how_it_ended(slot)} during {node}; it was replaced"
         )
-        self.pool.replace(slot)
+        self.pool.replace(slot, died=True)
         if group in self.lost:
             self._fail(self.nodes[node], WorkerLostError(f"{group.name}: {reason}"))
             return

@@ -1,10 +1,11 @@
 """The worker side of the process pool: set a worker up once, then run node groups.
 
 A worker process has one slot (its name, and its GPU where there are GPUs), limits
-its threads to its share of the cores, logs through a queue to the ``kedro run``
-process, and runs each group it is given node by node with Kedro's ``Node.run``
-between the catalog's ``load`` and ``save``. Before each node it says so on the starts
-queue, where the driver turns it into ``before_node_run``. After each group it says
+its threads to its share of the cores, sends its log records through its own queue
+(its channel) to the ``kedro run`` process, and runs each group it is given node by
+node with Kedro's ``Node.run`` between the catalog's ``load`` and ``save``. Before each
+node it says so on the channel (a ``NodeStarted``), where the driver turns it into
+``before_node_run``. After each group it says
 whether it can still use its GPU (``devices.lost_context``): if not, the driver
 replaces it.
 """
@@ -40,10 +41,9 @@ class Slot:
 
 @dataclass(frozen=True)
 class WorkerSetup:
-    """What every worker gets when it starts (multiprocessing queues included)."""
+    """What a worker gets when it starts."""
 
-    starts: Any  # a multiprocessing queue of (worker, node name)
-    logs: Any  # a multiprocessing queue of log records
+    channel: Any  # its multiprocessing queue: log records and NodeStarted
     logging_config: Mapping[str, Any]
     threads: int
 
@@ -62,6 +62,14 @@ class GroupOutcome:
 
 
 @dataclass(frozen=True)
+class NodeStarted:
+    """A worker's message: it starts a node."""
+
+    worker: str
+    node: str
+
+
+@dataclass(frozen=True)
 class LostNode:
     """The node a group was running when its worker died, and how it died."""
 
@@ -70,10 +78,10 @@ class LostNode:
 
 
 class _Worker:
-    """This process's slot and starts queue, set once by :func:`start_worker`."""
+    """This process's slot name and channel, set once by :func:`start_worker`."""
 
     name = "local"
-    starts: Any = None
+    channel: Any = None
 
 
 def start_worker(setup: WorkerSetup, slot: Slot) -> None:
@@ -82,9 +90,9 @@ def start_worker(setup: WorkerSetup, slot: Slot) -> None:
     fast_malloc()
     os.environ.update(slot.env)
     limit_threads(setup.threads)
-    forward_logs(setup.logs, setup.logging_config)
+    forward_logs(setup.channel, setup.logging_config)
     install_warning_filters()
-    _Worker.name, _Worker.starts = slot.name, setup.starts
+    _Worker.name, _Worker.channel = slot.name, setup.channel
 
 
 def limit_threads(threads: int) -> None:
@@ -108,7 +116,7 @@ def run_group(task: bytes) -> GroupOutcome:
     nodes, catalog, is_async, keep, lost = pickle.loads(task)  # noqa: S301 - driver's
     finished: list[tuple[str, dict[str, Any]]] = []
     for node in nodes:
-        _Worker.starts.put((_Worker.name, node.name))
+        _Worker.channel.put(NodeStarted(_Worker.name, node.name))
         died = lost.reason if lost is not None and lost.name == node.name else None
         try:
             with running_on(_Worker.name), after_lost_worker(died):

@@ -409,7 +409,7 @@ def run_engine(
         if on_gpu:
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
-        task = batched(PtychographyTask(options, **_task_data(inputs)))
+        task = batched(PtychographyTask(options, **task_data(inputs)))
         with task:
             _run_epochs(task, options.reconstructor_options.num_epochs, on_epoch)
             if on_gpu:
@@ -433,7 +433,7 @@ def run_engine(
             )
 
 
-def _task_data(inputs: PtychiInputs) -> dict[str, Any]:
+def task_data(inputs: PtychiInputs) -> dict[str, Any]:
     """``PtychographyTask``'s data arguments; the patterns as a tensor, not copied."""
     import torch  # noqa: PLC0415 - see the module docstring
 
@@ -484,7 +484,7 @@ def warm_up(inputs: PtychiInputs, options: Any) -> float | None:
     once = copy.deepcopy(options)
     once.reconstructor_options.num_epochs = 2
     started = time.perf_counter()
-    with batched(PtychographyTask(once, **_task_data(batch))) as task:
+    with batched(PtychographyTask(once, **task_data(batch))) as task:
         task.run()
     _synchronize()
     return time.perf_counter() - started
