@@ -156,7 +156,10 @@ def test_a_group_whose_worker_dies_twice_is_an_error_after_the_others_ran(
         {name: MemoryDataset(1) for name in ("a.start", "b.start", "c.start")}
     )
 
-    with pytest.raises(WorkerLostError, match=r"b: the worker process .* \(SIGKILL"):
+    # How it ended (SIGKILL here) is best effort: the e2e tests above check it.
+    with pytest.raises(
+        WorkerLostError, match=r"b: the worker process .* during b\.die"
+    ):
         PoolRunner().run(pipeline, catalog)
 
     assert catalog.load("a.end") == 1 and catalog.load("c.end") == 1
