@@ -113,7 +113,7 @@ def run_engine(engine: str, source: Path, args: argparse.Namespace) -> dict:
 def phase_correlation(image: np.ndarray, reference: np.ndarray, mask) -> float:
     """Correlation of the phases on the mask after registering ``image`` onto
     ``reference`` (shift, phase offset and ramp, amplitude scale)."""
-    from fly64_recon import metrics as m  # noqa: PLC0415
+    from fly64_recon.science import metrics as m  # noqa: PLC0415
 
     alignment, aligned = m.align(image, reference, mask, UPSAMPLE)
     lit = m.crop(mask, alignment.region)
@@ -124,9 +124,9 @@ def phase_correlation(image: np.ndarray, reference: np.ndarray, mask) -> float:
 
 def report(results: dict[str, dict], source: Path, args: argparse.Namespace) -> None:
     """One row per engine."""
-    from fly64_recon import metrics as m  # noqa: PLC0415
     from fly64_recon.datasets import NPZSource  # noqa: PLC0415
-    from fly64_recon.scoring import TRUTH_MEMBERS, job_footing  # noqa: PLC0415
+    from fly64_recon.science import metrics as m  # noqa: PLC0415
+    from fly64_recon.science.scoring import TRUTH_MEMBERS, job_footing  # noqa: PLC0415
 
     members = NPZSource(str(source)).load_members(TRUTH_MEMBERS)
     mask = job_footing(members, None, 0.1).mask

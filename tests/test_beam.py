@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from fly64_recon import beam
 from fly64_recon.pipelines.simulate import physics
+from fly64_recon.science import beam
 
 
 def disc_probe(size: int, diameter: float) -> np.ndarray:

@@ -16,10 +16,10 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 from scipy import ndimage
 
-from fly64_recon import metrics as m
 from fly64_recon.datasets import NPZSource, npz_bytes
 from fly64_recon.pipeline_registry import register_pipelines
-from fly64_recon.scoring import TRUTH_MEMBERS, job_footing
+from fly64_recon.science import metrics as m
+from fly64_recon.science.scoring import TRUTH_MEMBERS, job_footing
 from fly64_recon.study import Job, StudyDesign
 
 pytestmark = pytest.mark.e2e

@@ -17,7 +17,11 @@ from fly64_recon.pipelines.comparison.models import (
     fill_nearest,
     model_on_grid,
 )
-from fly64_recon.scoring import has_ground_truth, job_footing, photons_per_pattern
+from fly64_recon.science.scoring import (
+    has_ground_truth,
+    job_footing,
+    photons_per_pattern,
+)
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHAPE = (96, 128)

@@ -10,9 +10,9 @@ from matplotlib.figure import Figure
 from scipy import ndimage
 from test_evaluation_metrics import _noisy, _object
 
-from fly64_recon import metrics as m
 from fly64_recon.datasets import JobArtifacts, NPZSource, npz_bytes
 from fly64_recon.pipelines.comparison import create_pipeline, figures, nodes
+from fly64_recon.science import metrics as m
 from fly64_recon.study import Job, StudyDesign
 
 JOB = Job(10000.0, "dense", "test")

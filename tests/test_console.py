@@ -13,19 +13,19 @@ import pytest
 import yaml
 from rich.console import Console
 
-from fly64_recon import console as console_module
-from fly64_recon.console import (
+from fly64_recon.display import console as console_module
+from fly64_recon.display.console import (
     LiveView,
     PlainView,
     RunPaths,
     StudyRun,
     render,
 )
-from fly64_recon.logs import LineLog
-from fly64_recon.progress import StudyProgress, report_epoch
-from fly64_recon.record import JobRecord, JobStatus
+from fly64_recon.display.logs import LineLog
+from fly64_recon.display.progress import StudyProgress
+from fly64_recon.display.summary import closing_summary
+from fly64_recon.record import JobRecord, JobStatus, report_epoch
 from fly64_recon.study import Job
-from fly64_recon.summary import closing_summary
 
 JOBS = [
     Job(1000.0, "baseline", "test"),

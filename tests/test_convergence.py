@@ -2,7 +2,7 @@
 
 import pytest
 
-from fly64_recon.convergence import StoppingRule, StopReason
+from fly64_recon.science.convergence import StoppingRule, StopReason
 
 
 def test_an_improving_loss_keeps_going():

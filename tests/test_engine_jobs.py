@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from conftest import TINY_ENV, run_kedro, simulate_phase_c, tiny_simulate_params
 
-from fly64_recon import metrics as m
 from fly64_recon.datasets import JobFolderDataset, NPZSource, npz_bytes
 from fly64_recon.pipelines.evaluation.nodes import measure
 from fly64_recon.pipelines.ptychi_baseline import engines, nodes
 from fly64_recon.record import JobRecord
+from fly64_recon.science import metrics as m
 from fly64_recon.study import Job
 
 JOB = Job(10000.0, "dense", "test")

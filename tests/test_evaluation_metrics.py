@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from fly64_recon import metrics as m
+from fly64_recon.science import metrics as m
 
 SHAPE = (96, 128)
 REGION = (8, 88, 8, 120)

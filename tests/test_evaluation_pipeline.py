@@ -11,7 +11,6 @@ from kedro.io import DataCatalog
 from matplotlib.figure import Figure
 from test_evaluation_metrics import _object
 
-from fly64_recon import metrics
 from fly64_recon.datasets import (
     JobArtifacts,
     JobJSONDataset,
@@ -22,7 +21,8 @@ from fly64_recon.datasets import (
 from fly64_recon.pipelines.evaluation import figures, nodes, report
 from fly64_recon.pipelines.evaluation.pipeline import create_pipeline
 from fly64_recon.record import JobRecord, JobStatus
-from fly64_recon.scoring import TRUTH_MEMBERS
+from fly64_recon.science import metrics
+from fly64_recon.science.scoring import TRUTH_MEMBERS
 from fly64_recon.study import Job, StudyDesign
 
 PROJECT = Path(__file__).resolve().parents[1]

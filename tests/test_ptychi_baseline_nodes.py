@@ -13,7 +13,7 @@ from fly64_recon.datasets import JobArtifacts, JobFolderDataset, NPZSource, npz_
 from fly64_recon.pipelines.ptychi_baseline import engines, nodes
 from fly64_recon.pipelines.ptychi_baseline.options import BaselineOptions
 from fly64_recon.record import JobStatus, after_lost_worker
-from fly64_recon.scoring import has_ground_truth
+from fly64_recon.science.scoring import has_ground_truth
 from fly64_recon.study import Job
 
 JOB = Job(1000.0, "dense", "test")

@@ -14,7 +14,7 @@ from kedro.framework.hooks import hook_impl
 from kedro.pipeline import Pipeline
 from kedro.pipeline.node import Node
 
-from fly64_recon.console import RunPaths, StudyRun
+from fly64_recon.display.console import RunPaths, StudyRun
 from fly64_recon.record import JOB_TAG, JobRecord
 
 logger = logging.getLogger(__name__)

@@ -8,6 +8,7 @@ nothing of the project but the study, so pipelines, datasets and hooks all share
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -20,6 +21,13 @@ from fly64_recon.study import Job
 # The tag of the node that runs a job (its reconstruction): progress and the run's
 # verdict count the nodes that carry it.
 JOB_TAG = "job"
+
+# A job's epochs, reported from inside it; the display listens (display/progress.py).
+PROGRESS_LOGGER = "fly64_recon.progress"
+_progress = logging.getLogger(PROGRESS_LOGGER)
+# The console's data, whatever level a logging configuration gives ``fly64_recon``
+# (a configuration that names this logger still decides).
+_progress.setLevel(logging.INFO)
 
 _WORKER: ContextVar[str] = ContextVar("fly64_recon_worker", default="local")
 _LOST_WORKER: ContextVar[str | None] = ContextVar("fly64_recon_lost", default=None)
@@ -102,7 +110,7 @@ class JobRecord:
     stop_reason: str | None = None
     converged: bool | None = None
     plateau_epoch: int | None = None
-    # The scan as the beam saw it (fly64_recon.beam).
+    # The scan as the beam saw it (fly64_recon.science.beam).
     probe_diameter_px: float | None = None
     overlap: float | None = None
     photons_per_pattern: float | None = None
@@ -169,3 +177,21 @@ def lost_worker() -> str | None:
     """How the worker that ran this job before died (:func:`after_lost_worker`): the
     job fails with it rather than run a second time. None on a first run."""
     return _LOST_WORKER.get()
+
+
+def report_epoch(namespace: str, epoch: int, num_epochs: int, loss: float) -> None:
+    """Job ``namespace`` has finished epoch ``epoch`` (1-based) of ``num_epochs``: a
+    record on ``PROGRESS_LOGGER`` with the numbers as attributes (``extra``)."""
+    _progress.info(
+        "%s: epoch %d of %d, loss %.6g",
+        namespace,
+        epoch,
+        num_epochs,
+        loss,
+        extra={
+            "namespace": namespace,
+            "epoch": epoch,
+            "num_epochs": num_epochs,
+            "loss": loss,
+        },
+    )

@@ -3,8 +3,8 @@
 from kedro.config import OmegaConfigLoader
 
 from fly64_recon.config import StudyContext
+from fly64_recon.display.logs import install_warning_filters
 from fly64_recon.hooks import StudyRunHooks
-from fly64_recon.logs import install_warning_filters
 
 # Warnings from other packages that a person running the study cannot act on.
 install_warning_filters()

@@ -73,7 +73,7 @@ from kedro.runner import AbstractRunner, Task
 from pluggy import PluginManager
 
 from fly64_recon.devices import free_gpu_memory_mib, visible_gpus
-from fly64_recon.logs import WorkerRecords, stderr_logged
+from fly64_recon.display.logs import WorkerRecords, stderr_logged
 from fly64_recon.runner import capacity
 from fly64_recon.runner.common import (
     NodeHooks,

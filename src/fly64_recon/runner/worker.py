@@ -24,7 +24,7 @@ from kedro.io import DataCatalog
 from kedro.pipeline.node import Node
 
 from fly64_recon import devices
-from fly64_recon.logs import forward_logs, install_warning_filters
+from fly64_recon.display.logs import forward_logs, install_warning_filters
 from fly64_recon.record import after_lost_worker, running_on
 from fly64_recon.runner.common import fast_malloc, run_node
 

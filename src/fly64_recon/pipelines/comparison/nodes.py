@@ -1,7 +1,7 @@
 """Nodes of the comparison: one job's models beside its pty-chi baseline, then the study.
 
 Every reconstruction of a job (the baseline, named ``ptychi``, and each declared model)
-is scored by ``metrics.compare`` on the job's illumination mask (``fly64_recon.scoring``,
+is scored by ``metrics.compare`` on the job's illumination mask (``fly64_recon.science.scoring``,
 as the evaluation scores the baseline), beside the flat-object null reference on the
 same mask and the shot-noise floor. A model's problem is that model's row: ``missing``
 (no file), ``failed`` (the file breaks the input rules, with the file and key), or
@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fly64_recon import metrics as m
 from fly64_recon.datasets.job_folder import RECONSTRUCTION_FILE, JobArtifacts
 from fly64_recon.datasets.npz import NPZFormatError, NPZSource
 from fly64_recon.pipelines.comparison.models import (
@@ -28,7 +27,13 @@ from fly64_recon.pipelines.comparison.models import (
     model_on_grid,
 )
 from fly64_recon.record import JobRecord, job_fields
-from fly64_recon.scoring import TRUTH_MEMBERS, Footing, has_ground_truth, job_footing
+from fly64_recon.science import metrics as m
+from fly64_recon.science.scoring import (
+    TRUTH_MEMBERS,
+    Footing,
+    has_ground_truth,
+    job_footing,
+)
 from fly64_recon.study import Job, dose_label
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 Like a reconstruction job, an evaluation never raises for a problem of its own job: a
 job that did not succeed, or whose evaluation fails, gets ``evaluated: false`` and why.
 Every score stands beside its references, measured on the same lit pixels
-(``fly64_recon.scoring``): the null reference (a flat object) and the shot-noise floor.
+(``fly64_recon.science.scoring``): the null reference (a flat object) and the shot-noise floor.
 What makes a score doubtful (not below the null, a spurious alignment, a reconstruction
 stopped while still improving, no overlap) is a flag, in words.
 """
@@ -18,14 +18,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fly64_recon import beam
-from fly64_recon import metrics as m
 from fly64_recon.contract import TRUE_POSITION_KEYS
-from fly64_recon.convergence import StopReason
 from fly64_recon.datasets.job_folder import JobArtifacts
 from fly64_recon.datasets.npz import NPZSource
 from fly64_recon.record import JobRecord, job_fields
-from fly64_recon.scoring import TRUTH_MEMBERS, Footing, has_ground_truth, job_footing
+from fly64_recon.science import beam
+from fly64_recon.science import metrics as m
+from fly64_recon.science.convergence import StopReason
+from fly64_recon.science.scoring import (
+    TRUTH_MEMBERS,
+    Footing,
+    has_ground_truth,
+    job_footing,
+)
 from fly64_recon.study import Job
 
 logger = logging.getLogger(__name__)

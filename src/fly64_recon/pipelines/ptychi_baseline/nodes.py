@@ -20,17 +20,23 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from fly64_recon import beam, devices
+from fly64_recon import devices
 from fly64_recon.contract import ContractError, read_metadata, validate
-from fly64_recon.convergence import StoppingRule, StopReason
 from fly64_recon.datasets.job_folder import JobArtifacts
 from fly64_recon.datasets.npz import NPZFormatError, NPZSource
 from fly64_recon.pipelines.ptychi_baseline import engines
 from fly64_recon.pipelines.ptychi_baseline.figures import job_figure
 from fly64_recon.pipelines.ptychi_baseline.options import BaselineOptions
-from fly64_recon.progress import report_epoch
-from fly64_recon.record import JobRecord, JobStatus, current_worker, lost_worker
-from fly64_recon.scoring import has_ground_truth, photons_per_pattern
+from fly64_recon.record import (
+    JobRecord,
+    JobStatus,
+    current_worker,
+    lost_worker,
+    report_epoch,
+)
+from fly64_recon.science import beam
+from fly64_recon.science.convergence import StoppingRule, StopReason
+from fly64_recon.science.scoring import has_ground_truth, photons_per_pattern
 from fly64_recon.study import Job
 
 logger = logging.getLogger(__name__)

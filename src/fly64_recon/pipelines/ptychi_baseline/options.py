@@ -9,8 +9,8 @@ from dataclasses import dataclass, field, fields
 from importlib.metadata import version
 from typing import Any
 
-from fly64_recon.convergence import StoppingRule
 from fly64_recon.pipelines.ptychi_baseline import engines
+from fly64_recon.science.convergence import StoppingRule
 
 OBJECT_INITS = ("flat", "ground_truth")
 HALF_DATASET_CHOICES = ("auto", True, False)
@@ -38,7 +38,7 @@ class BaselineOptions:
     # Two more reconstructions from interleaved halves, for the half-dataset FRC:
     # auto (when the data have no ground truth), true or false.
     half_dataset_frc: str | bool = "auto"
-    # The lit pixels of a scan (fly64_recon.beam): its photons per unit area.
+    # The lit pixels of a scan (fly64_recon.science.beam): its photons per unit area.
     illumination_fraction: float = 0.1
     engine: str = "LSQML"
     # The starting probe: the given one plus orthogonal modes, this many in all.

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from fly64_recon import beam
 from fly64_recon.contract import read_metadata
 from fly64_recon.pipelines.simulate import physics
+from fly64_recon.science import beam
 from fly64_recon.study import Job, spacing_threshold
 
 SOURCE = "fly64_recon.simulate"

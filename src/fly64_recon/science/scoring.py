@@ -4,11 +4,11 @@ Pure functions on the members of a job's input file (DATA-001). Every pipeline t
 scores a reconstruction of a job against its ground truth (evaluation, comparison) takes
 its mask and noise floor from here, so their numbers stand on the same footing:
 
-- mask: ``fly64_recon.beam.illumination_mask`` of the input's ``probeGuess`` summed over
+- mask: ``fly64_recon.science.beam.illumination_mask`` of the input's ``probeGuess`` summed over
   the positions of the patterns the job used (``pattern_index``; all when None);
 - photons per pattern: the mean over those patterns of ``sum((diffraction * s) ** 2)``,
   with ``s`` the ``intensity_scale`` of ``_metadata`` (1 when absent);
-- noise floor: ``fly64_recon.beam.phase_noise_floor`` of the photons per pixel;
+- noise floor: ``fly64_recon.science.beam.phase_noise_floor`` of the photons per pixel;
 - ground truth: none when ``_metadata`` says ``ground_truth: false`` or objectGuess is
   flat (measured data carry a flat start, not an object).
 """
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fly64_recon import beam
 from fly64_recon.contract import read_metadata
+from fly64_recon.science import beam
 
 TRUTH_MEMBERS = (
     "objectGuess",

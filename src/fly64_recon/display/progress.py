@@ -1,15 +1,14 @@
-"""A job's progress, reported from inside it (one log record per epoch), and where the
-run's jobs stand.
+"""Where the run's jobs stand, from what they report.
 
-The records go to the logger ``fly64_recon.progress`` with the numbers as attributes
-(``extra``), so they travel like any log record: from a worker process to the
-``kedro run`` process through the pool's log queue, where the study's console reads
-them (``console.py``), and into the run's log file as a line.
+A job reports each epoch from inside it (``record.report_epoch``: a log record on
+``record.PROGRESS_LOGGER`` with the numbers as attributes), so the report travels like
+any log record: from a worker process to the ``kedro run`` process through the worker's
+channel, where the study's console reads it (``console.py``) and the run's log file
+keeps it as a line. The display only listens.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -17,33 +16,9 @@ from dataclasses import dataclass
 
 from fly64_recon.record import JobRecord, JobStatus
 
-PROGRESS_LOGGER = "fly64_recon.progress"
-
 # Finished jobs that did a reconstruction's work: the pace of the run is theirs.
 WORKED = (JobStatus.SUCCEEDED, JobStatus.FAILED)
 MIN_PACE_S = 2.0  # a pace measured over less says nothing
-
-logger = logging.getLogger(PROGRESS_LOGGER)
-# The console's data, whatever level a logging configuration gives ``fly64_recon``
-# (a configuration that names this logger still decides).
-logger.setLevel(logging.INFO)
-
-
-def report_epoch(namespace: str, epoch: int, num_epochs: int, loss: float) -> None:
-    """Job ``namespace`` has finished epoch ``epoch`` (1-based) of ``num_epochs``."""
-    logger.info(
-        "%s: epoch %d of %d, loss %.6g",
-        namespace,
-        epoch,
-        num_epochs,
-        loss,
-        extra={
-            "namespace": namespace,
-            "epoch": epoch,
-            "num_epochs": num_epochs,
-            "loss": loss,
-        },
-    )
 
 
 @dataclass

@@ -5,7 +5,7 @@ the running jobs with their epoch and loss, the time elapsed and the time left; 
 is printed above it for every job that finishes. Without a terminal (CI, a pipe) the
 same arrives as plain lines: one per finished job, and a progress line at most every
 ``PLAIN_EVERY_S`` seconds. The jobs' epochs reach the display as log records of
-``progress.PROGRESS_LOGGER`` (from worker processes too, see ``logs.WorkerRecords``);
+``record.PROGRESS_LOGGER`` (from worker processes too, see ``logs.WorkerRecords``);
 the jobs' starts and records come from the hooks.
 """
 
@@ -28,10 +28,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from fly64_recon.logs import RunLog
-from fly64_recon.progress import PROGRESS_LOGGER, StudyProgress
-from fly64_recon.record import JobRecord, JobStatus
-from fly64_recon.summary import clock, closing_summary, first_line
+from fly64_recon.display.logs import RunLog
+from fly64_recon.display.progress import StudyProgress
+from fly64_recon.display.summary import clock, closing_summary, first_line
+from fly64_recon.record import PROGRESS_LOGGER, JobRecord, JobStatus
 
 PLAIN_EVERY_S = 10.0
 SHOWN_RUNNING = 8  # running jobs listed by name; the others are counted

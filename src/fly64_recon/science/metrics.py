@@ -1,7 +1,7 @@
 """Align a reconstruction to its ground truth and measure it where the beam was.
 
 Pure functions on arrays. Every ground-truth number is measured inside the job's
-illumination mask (``fly64_recon.beam``: summed ``|probe|^2`` over the job's positions at
+illumination mask (``fly64_recon.science.beam``: summed ``|probe|^2`` over the job's positions at
 or above a fraction of its maximum); ``region`` is the mask's bounding box, the crop all
 images are cut to.
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from fly64_recon.progress import StudyProgress
+from fly64_recon.display.progress import StudyProgress
 from fly64_recon.record import OUTCOMES, JobStatus
 from fly64_recon.study import VIEWS, dose_label
 
