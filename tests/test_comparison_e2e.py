@@ -171,7 +171,7 @@ def test_another_engines_study_is_compared_with_the_baseline(project):
     rows = table(project)
     epie = rows[(rows.model == "epie") & (rows.metric == "mae")]
 
-    assert {job["algorithm"] for job in jobs} == {"EPIE"}
+    assert {job["engine"] for job in jobs} == {"EPIE"}
     assert set(epie.status) == {"scored"} and len(epie) == len(STUDY.jobs())
     assert (epie.phase < epie.null_phase).all()
 

@@ -69,7 +69,7 @@ def test_another_engine_runs_the_job_and_the_record_says_which(
     out = run(source_of(tiny_file, tmp_path), params)
 
     record = out.record
-    assert record["status"] == "succeeded" and record["algorithm"] == name
+    assert record["status"] == "succeeded" and record["engine"] == name
     assert record["num_epochs"] == 3 and len(out.arrays["loss"]) == 3
     assert record["probe_power_rescale"] > 0  # pty-chi's rescale_probe, before it ran
     assert np.isfinite(out.arrays["reconstructed_object"]).all()
@@ -84,7 +84,7 @@ def test_another_engine_runs_the_job_and_the_record_says_which(
 def test_lsqml_rescales_the_probe_itself(tiny_file, tmp_path):
     out = run(source_of(tiny_file, tmp_path), PARAMS)
 
-    assert out.record["algorithm"] == "LSQML"
+    assert out.record["engine"] == "LSQML"
     assert out.record["probe_power_rescale"] is None
 
 
@@ -98,9 +98,9 @@ def test_another_engine_is_not_the_cached_one(tiny_file, tmp_path):
     again = run(source, epie, folder)
 
     assert first.record["status"] == "succeeded"
-    assert other.record["status"] == "succeeded" and other.record["algorithm"] == "EPIE"
+    assert other.record["status"] == "succeeded" and other.record["engine"] == "EPIE"
     assert other.record["options_fingerprint"] != first.record["options_fingerprint"]
-    assert again.record["status"] == "cached" and again.record["algorithm"] == "EPIE"
+    assert again.record["status"] == "cached" and again.record["engine"] == "EPIE"
 
 
 @pytest.mark.parametrize(
@@ -184,4 +184,4 @@ def test_without_true_positions_no_position_report(tiny_file, tmp_path):
 
     found = measure(out.arrays, tiny_file, JobRecord.from_dict(out.record), EVALUATION)
 
-    assert "positions" not in found and found["algorithm"] == "LSQML"
+    assert "positions" not in found and found["engine"] == "LSQML"

@@ -315,8 +315,8 @@ def test_the_report_names_the_engine_and_the_position_errors():
     }
     unjudged = {"epochs_run": 3, "stop_reason": "epoch_cap", "converged": None}
     jobs = [
-        _job_metrics(1e3, "dense", 0.3, algorithm="EPIE", positions=moved),
-        _job_metrics(1e5, "dense", 0.2, algorithm="DM", convergence=unjudged),
+        _job_metrics(1e3, "dense", 0.3, engine="EPIE", positions=moved),
+        _job_metrics(1e5, "dense", 0.2, engine="DM", convergence=unjudged),
     ]
 
     text = report.summary_report(jobs)

@@ -13,6 +13,7 @@ from fly64_recon.record import (
     JobRecord,
     JobStatus,
     current_worker,
+    job_fields,
     running_on,
 )
 from fly64_recon.study import Job
@@ -25,7 +26,7 @@ RECORD_KEYS = {
     "split",
     "input_npz",
     "input_sha256",
-    "algorithm",
+    "engine",
     "num_epochs",
     "batch_size",
     "object_init",
@@ -127,3 +128,10 @@ def test_hooks_count_tagged_jobs_and_fail_the_run_for_their_failed_records():
     message = str(failure.value)
     assert message.startswith("1 of 1 reconstruction job(s) failed")
     assert "dose_1e4.dense.test: diverged" in message and "not ours" not in message
+
+
+def test_a_record_written_with_algorithm_reads_back_with_its_engine():
+    old = {**job_fields(JOB), "status": "succeeded", "algorithm": "EPIE"}
+
+    assert JobRecord.from_dict(old).engine == "EPIE"
+    assert "algorithm" not in JobRecord.from_dict(old).to_dict()

@@ -76,7 +76,7 @@ class JobRecord:
     reason: str | None = None
     input_npz: str | None = None
     input_sha256: str | None = None
-    algorithm: str | None = None  # the pty-chi engine: LSQML, EPIE, DM, ...
+    engine: str | None = None  # the pty-chi engine: LSQML, EPIE, DM, ...
     num_epochs: int | None = None
     batch_size: int | None = None
     object_init: str | None = None
@@ -140,6 +140,9 @@ class JobRecord:
     def from_dict(cls, data: Mapping[str, Any]) -> JobRecord:
         """A record read back from JSON; keys it does not know (``output_dir``) are left."""
         known = {name: data[name] for name in _FIELDS if name in data}
+        if "algorithm" in data and "engine" not in data:
+            # Records written before the engine had one name (until fly64_recon 0.1).
+            known["engine"] = data["algorithm"]
         known["status"] = JobStatus(data["status"])
         return cls(Job.from_namespace(data["namespace"]), **known)
 

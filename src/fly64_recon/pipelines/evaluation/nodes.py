@@ -48,7 +48,7 @@ TABLE_COLUMNS = [
 ]
 # In metrics.json but not in the manifest entry, which has the job's own fields already.
 NOT_HEADLINE = (
-    "algorithm",
+    "engine",
     "namespace",
     "dose",
     "view",
@@ -108,7 +108,7 @@ def measure(
     )
     region = m.mask_region(footing.mask)
     found: dict[str, Any] = {
-        "algorithm": record.algorithm,
+        "engine": record.engine,
         "ground_truth": has_ground_truth(members),
         "region": list(region),
         "scan": scan_summary(footing, region, record, params),
@@ -200,7 +200,7 @@ def not_converged(record: JobRecord) -> str:
             f"not converged: the loss was rising when the job stopped after "
             f"{record.epochs_run} epochs"
         )
-    key = (record.algorithm or "LSQML").lower()
+    key = (record.engine or "LSQML").lower()
     return (
         f"not converged: stopped by the epoch cap ({record.epochs_run} epochs) while "
         f"the loss was still improving; raise "

@@ -22,7 +22,7 @@ def summary_report(all_metrics: Sequence[Job]) -> str:
     evaluated = [job for job in all_metrics if job.get("evaluated")]
     fit_only = [job for job in evaluated if not job.get("ground_truth")]
     missing = [job for job in all_metrics if not job.get("evaluated")]
-    engines = sorted({job["algorithm"] for job in evaluated if job.get("algorithm")})
+    engines = sorted({job["engine"] for job in evaluated if job.get("engine")})
     lines = [
         f"# pty-chi {'/'.join(engines) or 'LSQML'} baseline: study summary",
         "",

@@ -13,7 +13,7 @@ from fly64_recon.record import JobRecord
 
 def job_figure(record: JobRecord, arrays: dict[str, np.ndarray] | None) -> Figure:
     """The reconstruction at a glance, or a card saying why there is none."""
-    title = f"{record.namespace} — {record.algorithm}, status {record.status}"
+    title = f"{record.namespace} — {record.engine}, status {record.status}"
     if not record.status.has_reconstruction or arrays is None:
         figure = Figure(figsize=(6, 2))
         figure.text(0.02, 0.6, title, fontsize=11)

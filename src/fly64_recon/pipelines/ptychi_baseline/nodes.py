@@ -124,7 +124,7 @@ def _record(checked: CheckedInput, status: JobStatus) -> JobRecord:
         checked.reason,
         input_npz=checked.path,
         input_sha256=checked.sha256,
-        algorithm=options.engine,
+        engine=options.engine,
         object_init=options.object_init,
         max_patterns=options.max_patterns,
         subsample_seed=options.subsample_seed,
@@ -390,7 +390,7 @@ def failure_reason(error: BaseException, record: JobRecord) -> str:
     import torch  # noqa: PLC0415 - torch costs seconds; every kedro command imports this
 
     if isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error):
-        key = (record.algorithm or "LSQML").lower()
+        key = (record.engine or "LSQML").lower()
         return (
             f"out of memory on the GPU: {error}. Run fewer jobs per GPU "
             "(--runner-params workers_per_gpu=N), keep the patterns in host memory "
