@@ -11,6 +11,7 @@ from kedro.io import DataCatalog
 from matplotlib.figure import Figure
 from test_evaluation_metrics import _object
 
+from fly64_recon import config
 from fly64_recon.datasets import (
     JobArtifacts,
     JobJSONDataset,
@@ -438,13 +439,15 @@ def test_each_job_is_evaluated_in_its_own_namespace_and_the_summary_fans_in():
     assert "dose_1e5.sparse.train.manifest_metrics" in pipeline.outputs()
 
 
-def test_the_catalog_puts_every_output_where_the_design_says(tmp_path):
+def test_the_catalog_puts_every_output_where_the_design_says(tmp_path, monkeypatch):
     loader = OmegaConfigLoader(
         str(PROJECT / "conf"),
         base_env="base",
         default_run_env="base",
         runtime_params={"artifact_root": str(tmp_path), "reporting_root": "rep"},
     )
+    # What the project's context does when Kedro makes it: the design is read from it.
+    monkeypatch.setitem(config._active, "config_loader", loader)
     catalog = DataCatalog.from_config(loader["catalog"])
 
     metrics_file = catalog.get("dose_1e4.dense.test.metrics")

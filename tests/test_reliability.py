@@ -97,11 +97,15 @@ def add_environment(
     (project / "logging_plain.yml").write_text(PLAIN_LOGGING)
 
 
+# The original study's fractions (the embedded study's are in conf/base/globals.yml).
+VIEW_OVERLAP = {"dense": 0.7, "sparse": 0.2}
+
+
 def write_study(root: Path, doses: Iterable[float]) -> Study:
     """Phase C and D files of every job (N = 16), made by the simulate nodes."""
     params = tiny_simulate_params(patch_size=16, object_size=64, rows=8)
     study = Study(root / "phase_c", root / "phase_d", root / "artifacts")
-    design = StudyDesign(doses=tuple(doses))
+    design = StudyDesign(doses=tuple(doses), overlap=VIEW_OVERLAP)
     for dose in design.doses:
         baseline = simulate_phase_c(params, dose)
         for job in design.jobs():
@@ -109,7 +113,7 @@ def write_study(root: Path, doses: Iterable[float]) -> Study:
                 continue
             arrays = baseline[job.split]
             if job.view != "baseline":
-                overlap = design.overlap[job.view]
+                overlap = design.overlap_of(job.view)
                 arrays = simulate_nodes.select_view(
                     arrays, params, view=job.view, overlap=overlap
                 )

@@ -11,7 +11,7 @@ from scipy.spatial.distance import pdist
 
 from fly64_recon.contract import read_metadata, validate
 from fly64_recon.pipelines.simulate import create_pipeline, nodes, physics
-from fly64_recon.study import Job, StudyDesign, spacing_threshold
+from fly64_recon.study import Job, StudyDesign, StudyDesignError, spacing_threshold
 
 DOSES = (1000.0, 100000.0)
 VIEWS = {"dense": 0.7, "sparse": 0.2}
@@ -440,7 +440,8 @@ def test_every_file_passes_the_contract(phase_c, phase_d):
 
 
 def test_pipeline_writes_every_study_file_from_shared_ground_truth():
-    design = StudyDesign(doses=(1000.0, 10000.0))
+    overlap = {"dense": 0.7, "sparse": 0.2}
+    design = StudyDesign(doses=(1000.0, 10000.0), overlap=overlap)
     pipeline = create_pipeline(design=design)
     by_name = {node.name: node for node in pipeline.nodes}
     assert set(by_name) >= {
@@ -458,6 +459,7 @@ def test_pipeline_writes_every_study_file_from_shared_ground_truth():
         "simulate.scan",
     }
     assert pipeline.inputs() == {"params:simulate"}
+
     simulate = by_name["simulate.dose_1e4.simulate_dose"]
     assert simulate.inputs == [
         "simulate.probe",
@@ -467,6 +469,13 @@ def test_pipeline_writes_every_study_file_from_shared_ground_truth():
     ]
     view = by_name["simulate.dose_1e4.select_dense_train"]
     assert view.inputs[0] == f"{Job(10000.0, 'baseline', 'train').input_dataset}@arrays"
+
+
+def test_a_phase_d_view_without_its_overlap_fraction_is_named():
+    with pytest.raises(
+        StudyDesignError, match="study.overlap has no fraction for 'dense'"
+    ):
+        create_pipeline(design=StudyDesign(doses=(1000.0,), overlap={"sparse": 0.2}))
 
 
 def test_seeds_differ_between_all_doses():

@@ -84,11 +84,16 @@ def test_without_a_context_the_registry_reads_what_kedro_run_would(
     ]
 
 
+OVERLAP = {"dense": 0.7, "sparse": 0.2}
+
+
 def test_the_default_run_compares_only_when_models_are_declared(monkeypatch):
-    design = config.PipelineDesign(StudyDesign(doses=(1e3,)), {})
+    design = config.PipelineDesign(StudyDesign(doses=(1e3,), overlap=OVERLAP), {})
     monkeypatch.setattr(pipeline_registry, "pipeline_design", lambda: design)
     without = pipeline_registry.register_pipelines()
-    design = config.PipelineDesign(StudyDesign(doses=(1e3,)), {"pinn": "p/{dose}.npz"})
+    design = config.PipelineDesign(
+        StudyDesign(doses=(1e3,), overlap=OVERLAP), {"pinn": "p/{dose}.npz"}
+    )
     with_models = pipeline_registry.register_pipelines()
 
     assert "no_models" in {n.name for n in without["comparison"].nodes}

@@ -115,14 +115,13 @@ class Job:
 
 @dataclass(frozen=True)
 class StudyDesign:
-    """Doses x views x splits, with the overlap fraction of each Phase D view."""
+    """Doses x views x splits, with the overlap fraction of each Phase D view (given by
+    ``study.overlap`` in globals.yml: the design carries no number of its own)."""
 
     doses: tuple[float, ...]
     views: tuple[str, ...] = VIEWS
     splits: tuple[str, ...] = SPLITS
-    overlap: Mapping[str, float] = field(
-        default_factory=lambda: {"dense": 0.7, "sparse": 0.2}
-    )
+    overlap: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.doses:
@@ -142,9 +141,6 @@ class StudyDesign:
                 raise StudyDesignError(
                     f"study.splits: unknown split {split!r}; known splits are {SPLITS}"
                 )
-        for view in self.phase_d_views:
-            if view not in self.overlap:
-                raise StudyDesignError(f"study.overlap has no fraction for {view!r}")
         for view, fraction in self.overlap.items():
             if view not in PHASE_D_VIEWS:
                 raise StudyDesignError(
@@ -163,12 +159,21 @@ class StudyDesign:
             doses=tuple(float(d) for d in params["doses"]),
             views=tuple(params.get("views", VIEWS)),
             splits=tuple(params.get("splits", SPLITS)),
-            overlap=dict(params.get("overlap", {"dense": 0.7, "sparse": 0.2})),
+            overlap=dict(params.get("overlap") or {}),
         )
 
     @property
     def phase_d_views(self) -> tuple[str, ...]:
         return tuple(v for v in self.views if v in PHASE_D_VIEWS)
+
+    def overlap_of(self, view: str) -> float:
+        """The overlap fraction of a Phase D view, or an error naming what is missing."""
+        if view not in self.overlap:
+            raise StudyDesignError(
+                f"study.overlap has no fraction for {view!r} (globals.yml: "
+                f"study.overlap.{view})"
+            )
+        return self.overlap[view]
 
     def jobs(self) -> list[Job]:
         """Every job of the design, dose-major."""

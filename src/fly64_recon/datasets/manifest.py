@@ -19,6 +19,7 @@ from typing import Any
 from filelock import FileLock
 from kedro.io import AbstractDataset, DatasetError
 
+from fly64_recon.config import pipeline_design
 from fly64_recon.datasets.atomic import write_text_atomic
 from fly64_recon.record import OUTCOMES, JobRecord, JobStatus, job_fields
 from fly64_recon.study import Job, StudyDesign
@@ -39,12 +40,17 @@ class ManifestEntryDataset(AbstractDataset[JobRecord, dict[str, Any]]):
         *,
         filepath: str,
         namespace: str,
-        study: dict[str, Any],
+        study: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
+        """``study``: the design's parameters; by default the one the pipelines are
+        built from (``config.pipeline_design``: globals.yml, ``--params`` included),
+        read when the catalog makes this dataset, in the ``kedro run`` process."""
         self._path = Path(filepath)
         self._namespace = namespace
-        self._design = StudyDesign.from_params(study)
+        self._design = (
+            pipeline_design().study if study is None else StudyDesign.from_params(study)
+        )
         self.metadata = metadata
 
     def load(self) -> dict[str, Any]:

@@ -35,7 +35,7 @@ def _dose_pipeline(design: StudyDesign, dose: float) -> Pipeline:
     )
     views = [
         Node(
-            bind(nodes.select_view, view=view, overlap=design.overlap[view]),
+            bind(nodes.select_view, view=view, overlap=design.overlap_of(view)),
             [f"baseline_{split}", "params:simulate"],
             f"{view}_{split}",
             name=f"select_{view}_{split}",
