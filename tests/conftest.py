@@ -97,6 +97,33 @@ TINY_SIMULATE = {
 }
 
 
+def base_parameters() -> dict:
+    """conf/base's parameters, as a run without an environment reads them."""
+    from kedro.config import OmegaConfigLoader
+
+    loader = OmegaConfigLoader(
+        str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="base"
+    )
+    return loader["parameters"]
+
+
+def baseline_params(**overrides: object) -> dict:
+    """conf/base's ``ptychi_baseline`` parameters with ``overrides`` deep-merged into
+    them (where every default lives: the options class has none of its own)."""
+    return merged(base_parameters()["ptychi_baseline"], overrides)
+
+
+def merged(base: Mapping, overrides: Mapping) -> dict:
+    """``base`` with ``overrides`` deep-merged, as Kedro merges an environment."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def run_kedro(
     project: Path,
     *args: str,

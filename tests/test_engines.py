@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import baseline_params
 
 from fly64_recon.pipelines.ptychi_baseline import engines
 from fly64_recon.pipelines.ptychi_baseline.options import BaselineOptions
@@ -43,6 +44,22 @@ def test_options_are_pty_chis_own_with_our_values():
 
 
 @pytest.mark.parametrize(
+    ("section", "name"),
+    [
+        ("reconstructor_options", "default_device"),
+        ("reconstructor_options", "default_dtype"),
+        ("data_options", "fft_shift"),
+    ],
+)
+def test_an_option_the_project_sets_is_refused_not_replaced(section, name):
+    with pytest.raises(
+        engines.OptionsError,
+        match=rf"ptychi_baseline.lsqml.{section}.{name}: the project sets it",
+    ):
+        engines.build_options(LSQML, {section: {name: "x"}}, "cpu")
+
+
+@pytest.mark.parametrize(
     ("params", "message"),
     [
         ({"reconstructer_options": {}}, "unknown section 'reconstructer_options'"),
@@ -75,7 +92,7 @@ def test_an_option_of_another_engine_is_an_error_naming_it_and_the_engine():
     epie = {"reconstructor_options": {"noise_model": "gaussian"}}
 
     with pytest.raises(engines.OptionsError) as error:
-        BaselineOptions.from_params({"engine": "EPIE", "epie": epie})
+        BaselineOptions.from_params(baseline_params(engine="EPIE", epie=epie))
 
     message = str(error.value)
     assert "ptychi_baseline.epie.reconstructor_options" in message
@@ -86,17 +103,21 @@ def test_an_option_of_another_engine_is_an_error_naming_it_and_the_engine():
 def test_only_the_chosen_engines_options_are_read():
     wrong_for_lsqml = {"reconstructor_options": {"chunk_length": 4}}  # DM's
 
-    options = BaselineOptions.from_params({"engine": "DM", "dm": wrong_for_lsqml})
-    with_lsqml = BaselineOptions.from_params({"lsqml": {}, "dm": wrong_for_lsqml})
-    other_dm = BaselineOptions.from_params({"lsqml": {}, "dm": {}})
+    options = BaselineOptions.from_params(
+        baseline_params(engine="DM", dm=wrong_for_lsqml)
+    )
+    with_lsqml = BaselineOptions.from_params(
+        baseline_params(lsqml={}, dm=wrong_for_lsqml)
+    )
+    other_dm = BaselineOptions.from_params(baseline_params(lsqml={}, dm={}))
 
-    assert options.engine_params == wrong_for_lsqml
+    assert options.engine_params["reconstructor_options"]["chunk_length"] == 4
     assert with_lsqml.fingerprint("cpu") == other_dm.fingerprint("cpu")  # dm unread
     assert options.fingerprint("cpu") != with_lsqml.fingerprint("cpu")
 
 
 def test_a_result_made_on_the_cpu_is_not_a_cached_result_on_the_gpu():
-    options = BaselineOptions.from_params({"lsqml": {}})
+    options = BaselineOptions.from_params(baseline_params(lsqml={}))
 
     assert options.fingerprint("cpu") != options.fingerprint("cuda")
     assert options.fingerprint("cuda") == options.fingerprint("cuda")
@@ -166,7 +187,7 @@ def test_what_an_engine_cannot_do_is_refused_naming_parameter_and_engine(
     params, fragments
 ):
     with pytest.raises(ValueError) as error:
-        BaselineOptions.from_params(params)
+        BaselineOptions.from_params(baseline_params(**params))
 
     for fragment in fragments:
         assert fragment in str(error.value)
@@ -177,8 +198,8 @@ def test_plain_pie_may_optimise_the_probe_one_position_at_a_time():
     fixed_probe = {"reconstructor_options": {"batch_size": 8}}
     fixed_probe["probe_options"] = {"optimizable": False}
 
-    BaselineOptions.from_params({"engine": "PIE", "pie": pie})
-    BaselineOptions.from_params({"engine": "PIE", "pie": fixed_probe})
+    BaselineOptions.from_params(baseline_params(engine="PIE", pie=pie))
+    BaselineOptions.from_params(baseline_params(engine="PIE", pie=fixed_probe))
 
 
 def test_probe_modes_are_orthogonal_and_keep_the_probe_and_its_power():

@@ -2,11 +2,12 @@
 
 import hashlib
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from conftest import simulate_phase_c, tiny_simulate_params
+from conftest import baseline_params, merged, simulate_phase_c, tiny_simulate_params
 
 from fly64_recon import devices
 from fly64_recon.datasets import JobArtifacts, JobFolderDataset, NPZSource, npz_bytes
@@ -17,10 +18,9 @@ from fly64_recon.science.scoring import has_ground_truth
 from fly64_recon.study import Job
 
 JOB = Job(1000.0, "dense", "test")
-PARAMS = {
-    "device": "cpu",
-    "lsqml": {"reconstructor_options": {"num_epochs": 2, "batch_size": 16}},
-}
+PARAMS = baseline_params(
+    device="cpu", lsqml={"reconstructor_options": {"num_epochs": 2, "batch_size": 16}}
+)
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +88,18 @@ def test_a_truncated_input_fails_the_job(tmp_path, source):
     assert str(path) in checked.reason
 
 
+def test_every_parameter_comes_from_the_configuration_or_is_named_missing():
+    incomplete = {k: v for k, v in PARAMS.items() if k != "subsample_seed"}
+
+    with pytest.raises(
+        ValueError, match=r"missing parameter\(s\) \['subsample_seed'\]"
+    ):
+        BaselineOptions.from_params(incomplete)
+
+
 def test_unknown_parameters_are_refused():
     with pytest.raises(ValueError, match="unknown parameter"):
-        BaselineOptions.from_params({"num_epochs": 3})
+        BaselineOptions.from_params(baseline_params(num_epochs=3))
 
 
 @pytest.mark.parametrize("status", ["failed", "skipped"])
@@ -217,7 +226,7 @@ def test_a_job_whose_worker_died_fails_with_how_and_does_not_run_again(
 
 
 def test_max_patterns_is_a_seeded_recorded_subset():
-    options = BaselineOptions(max_patterns=5, subsample_seed=456)
+    options = replace(BaselineOptions.from_params(PARAMS), max_patterns=5)
 
     first, second = nodes.subsample(20, options), nodes.subsample(20, options)
 
@@ -340,9 +349,9 @@ def test_half_dataset_auto_is_on_only_without_ground_truth(tmp_path, study_file)
     assert options.half_dataset(has_ground_truth(measured)) is True
     assert options.half_dataset(has_ground_truth(study_file)) is False
     with pytest.raises(ValueError, match="half_dataset_frc"):
-        BaselineOptions.from_params({**PARAMS, "half_dataset_frc": "sometimes"})
+        BaselineOptions.from_params(merged(PARAMS, {"half_dataset_frc": "sometimes"}))
     with pytest.raises(ValueError, match="convergence: unknown parameter"):
-        BaselineOptions.from_params({**PARAMS, "convergence": {"windows": 3}})
+        BaselineOptions.from_params(merged(PARAMS, {"convergence": {"windows": 3}}))
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,18 @@ OPTION_SECTIONS = (
 # What pty-chi's MultiprocessMixin.detect_launcher reads (ptychi/parallel.py): any of
 # the first three alone means torchrun, the last three together torch.distributed's
 # launch; either way it starts an NCCL process group, which one job must not.
+# pty-chi options the project sets itself, and why: written in the parameters they
+# are refused, never silently replaced.
+FORCED = (
+    ("reconstructor_options", "default_device", "from ptychi_baseline.device"),
+    ("reconstructor_options", "default_dtype", "float32: pty-chi has no float16"),
+    (
+        "data_options",
+        "fft_shift",
+        "the patterns are handed over with the DC term in the corner",
+    ),
+)
+
 LAUNCHER_ENV = (
     "GROUP_RANK",
     "ROLE_RANK",
@@ -149,6 +161,12 @@ def build_options(engine: Engine, params: Mapping[str, Any], device: str) -> Any
     """
     from ptychi.api import Devices, Dtypes  # noqa: PLC0415 - see the module docstring
 
+    for section, name, why in FORCED:
+        if name in (params.get(section) or {}):
+            raise OptionsError(
+                f"ptychi_baseline.{engine.key}.{section}.{name}: the project sets it "
+                f"({why}); remove it from the parameters"
+            )
     options = engine.new_options()
     for section, values in params.items():
         if section not in OPTION_SECTIONS:

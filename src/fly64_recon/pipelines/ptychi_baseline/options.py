@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from importlib.metadata import version
 from typing import Any
 
@@ -18,40 +18,34 @@ HALF_DATASET_CHOICES = ("auto", True, False)
 
 @dataclass(frozen=True)
 class BaselineOptions:
-    """How every job reconstructs.
+    """How every job reconstructs: conf/base/parameters_ptychi_baseline.yml, where every
+    default lives (this class has none of its own; a missing key is an error).
 
-    ``engine`` names one of pty-chi's engines (``engines.ENGINES``); only its own key is
-    read (``lsqml`` for LSQML, ``epie`` for EPIE, ...), which mirrors that engine's
-    pty-chi options tree.
+    ``engine`` names one of pty-chi's engines (``engines.ENGINES``); each engine's
+    options are under its own key (``lsqml``, ``epie``, ...: the registry's), which
+    mirrors that engine's pty-chi options tree; only the chosen engine's are read.
     """
 
-    device: str = "auto"
-    cpu_threads: int | None = None
-    strict: bool = False
-    dry_run: bool = False
-    object_init: str = "flat"
-    max_patterns: int | None = None
-    subsample_seed: int = 456
+    device: str  # auto, cpu, cuda, cuda:N
+    cpu_threads: int | None  # None: the runner's share of the cores
+    strict: bool
+    dry_run: bool
+    object_init: str
+    max_patterns: int | None
+    subsample_seed: int
     # Stop when the loss improved by less than ``tolerance`` over ``window`` epochs
-    # (``stop: false``: judge only); ``lsqml.reconstructor_options.num_epochs`` is the cap.
-    convergence: Mapping[str, Any] = field(default_factory=dict)
+    # (``stop: false``: judge only); the engine's ``num_epochs`` is the cap.
+    convergence: Mapping[str, Any]
     # Two more reconstructions from interleaved halves, for the half-dataset FRC:
     # auto (when the data have no ground truth), true or false.
-    half_dataset_frc: str | bool = "auto"
+    half_dataset_frc: str | bool
     # The lit pixels of a scan (fly64_recon.science.beam): its photons per unit area.
-    illumination_fraction: float = 0.1
-    engine: str = "LSQML"
+    illumination_fraction: float
+    engine: str
     # The starting probe: the given one plus orthogonal modes, this many in all.
-    probe_modes: int = 1
-    # Each engine's pty-chi options, under its own key; only ``engine``'s is read.
-    lsqml: Mapping[str, Any] = field(default_factory=dict)
-    pie: Mapping[str, Any] = field(default_factory=dict)
-    epie: Mapping[str, Any] = field(default_factory=dict)
-    rpie: Mapping[str, Any] = field(default_factory=dict)
-    dm: Mapping[str, Any] = field(default_factory=dict)
-    raar: Mapping[str, Any] = field(default_factory=dict)
-    bh: Mapping[str, Any] = field(default_factory=dict)
-    ad_ptycho: Mapping[str, Any] = field(default_factory=dict)
+    probe_modes: int
+    # Each engine's pty-chi options, by the engine's key.
+    engine_options: Mapping[str, Mapping[str, Any]]
 
     def __post_init__(self) -> None:
         engines.engine_named(self.engine)
@@ -114,7 +108,7 @@ class BaselineOptions:
     @property
     def engine_params(self) -> Mapping[str, Any]:
         """The chosen engine's options, as the parameters give them."""
-        return getattr(self, self.engine_spec.key) or {}
+        return self.engine_options.get(self.engine_spec.key) or {}
 
     def ptychi_options(self, device: str) -> Any:
         """The chosen engine's pty-chi options for ``device``, checked: an option it
@@ -128,13 +122,21 @@ class BaselineOptions:
     def from_params(cls, params: Mapping[str, Any]) -> BaselineOptions:
         """The ``ptychi_baseline`` parameters, checked, the engine's options by pty-chi
         too: every job's validation refuses them before any job reconstructs."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
+        keys = {engine.key for engine in engines.ENGINES.values()}
+        given = {name: value for name, value in params.items() if name not in keys}
+        expected = {f.name for f in fields(cls)} - {"engine_options"}
+        unknown, missing = sorted(set(given) - expected), sorted(expected - set(given))
+        if unknown or missing:
             raise ValueError(
-                f"ptychi_baseline: unknown parameter(s) {unknown}; known: {sorted(known)}"
+                "ptychi_baseline: "
+                + "; ".join(
+                    [f"unknown parameter(s) {unknown}"] * bool(unknown)
+                    + [f"missing parameter(s) {missing}"] * bool(missing)
+                )
+                + f"; expected {sorted(expected)} and the engines' keys {sorted(keys)}"
             )
-        options = cls(**params)
+        engine_options = {name: params[name] or {} for name in params if name in keys}
+        options = cls(**given, engine_options=engine_options)
         options.ptychi_options("cpu")
         return options
 
