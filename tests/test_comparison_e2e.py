@@ -92,14 +92,15 @@ def write_models(project: Path, job: Job) -> None:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """Baselines of a 2-job study, stand-in models, then ``--pipeline comparison``."""
+    """Baselines of a 2-job study and their evaluation, stand-in models, then
+    ``--pipeline comparison``."""
     root = make_tiny_project(
         tmp_path_factory.mktemp("comparison"),
         STUDY.doses,
         {"ptychi_baseline": EPOCHS},
         design=DESIGN,
     )
-    kedro(root, "run", "--pipelines", "simulate,ptychi_baseline")
+    kedro(root, "run", "--pipelines", "simulate,ptychi_baseline,evaluation")
     kedro(root, "run", "--pipeline", "ptychi_baseline", "--params", EPIE_RUN)
     for job in STUDY.jobs():
         write_models(root, job)

@@ -12,12 +12,13 @@ from test_evaluation_metrics import _noisy, _object
 
 from fly64_recon.datasets import JobArtifacts, NPZSource, npz_bytes
 from fly64_recon.pipelines.comparison import create_pipeline, figures, nodes
+from fly64_recon.pipelines.evaluation import nodes as evaluation
 from fly64_recon.science import metrics as m
 from fly64_recon.study import Job, StudyDesign
 
 JOB = Job(10000.0, "dense", "test")
-PARAMS = {"illumination_fraction": 0.1}
-EVALUATION = {
+SCORING = {
+    "illumination_fraction": 0.1,
     "upsample_factor": 10,
     "max_shift_px": 0.5,
     "max_phase_ramp_rad_per_px": 0.05,
@@ -75,6 +76,14 @@ BASELINE = JobArtifacts(
 )
 
 
+def compare(artifacts: JobArtifacts, source: NPZSource, *models, names):
+    """The comparison node, after the evaluation that scores the pty-chi baseline."""
+    metrics = evaluation.evaluate(artifacts, source, SCORING, JOB)
+    return nodes.compare(
+        artifacts, source, SCORING, metrics, *models, job=JOB, names=names
+    )
+
+
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
     """One job compared with stand-ins, a copy of its baseline, a missing and a broken file."""
@@ -91,14 +100,8 @@ def compared(tmp_path_factory):
         "absent": NPZSource(str(tmp / "absent.npz")),
         "broken": _write(tmp / "broken.npz", {"amplitude": np.ones(SHAPE, dtype=int)}),
     }
-    result, images = nodes.compare(
-        BASELINE,
-        _source(tmp),
-        PARAMS,
-        EVALUATION,
-        *models.values(),
-        job=JOB,
-        names=list(models),
+    result, images = compare(
+        BASELINE, _source(tmp), *models.values(), names=list(models)
     )
     return result, images, {e["model"]: e for e in result["models"]}
 
@@ -120,7 +123,8 @@ def test_the_stand_in_scores_better_than_the_baseline(compared):
         assert entry["status"] == "scored", entry
         assert entry["phase"]["mae"] < entry["null"]["phase"]["mae"]
         assert entry["coverage"] == 1.0
-        assert entry["noise_floor"] == pytest.approx(result["noise_floor"])
+        floor = result["noise_floor"]["phase"]
+        assert entry["noise_floor"]["phase"] == pytest.approx(floor)
     assert entries["blurred"]["phase"]["mae"] < 0.5 * entries["ptychi"]["phase"]["mae"]
     assert entries["blurred"]["phase"]["ssim"] > entries["ptychi"]["phase"]["ssim"]
     assert len(entries["blurred"]["sha256"]) == 64
@@ -149,7 +153,10 @@ def test_a_crop_with_its_offset_scores_as_the_full_grid(compared):
 def test_a_ptychi_reconstruction_compared_as_a_model_scores_as_the_baseline(compared):
     _, _, entries = compared
 
-    assert _scores(entries["copy"]) == _scores(entries["ptychi"])
+    copy, ptychi = _scores(entries["copy"]), _scores(entries["ptychi"])
+    assert copy.keys() == ptychi.keys()
+    for key, value in ptychi.items():  # the copy scored as a model's file (complex128)
+        assert copy[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
 
 
 def test_a_missing_file_is_missing_and_a_broken_one_failed_with_file_and_key(compared):
@@ -176,15 +183,7 @@ def test_a_job_without_ground_truth_scores_nothing(tmp_path):
     flat = np.ones(SHAPE, dtype=np.complex64)
     absent = NPZSource(str(tmp_path / "absent.npz"))
 
-    result, images = nodes.compare(
-        BASELINE,
-        _source(tmp_path, flat),
-        PARAMS,
-        EVALUATION,
-        absent,
-        job=JOB,
-        names=["pinn"],
-    )
+    result, images = compare(BASELINE, _source(tmp_path, flat), absent, names=["pinn"])
 
     assert images == {} and result["ground_truth"] is False
     ptychi, pinn = result["models"]
@@ -195,11 +194,13 @@ def test_a_job_without_ground_truth_scores_nothing(tmp_path):
 def test_an_unreadable_truth_fails_no_run(tmp_path):
     gone = NPZSource(str(tmp_path / "gone.npz"))
 
-    result, _ = nodes.compare(BASELINE, gone, PARAMS, EVALUATION, job=JOB, names=[])
+    result, _ = compare(BASELINE, gone, names=[])
 
     (ptychi,) = result["models"]
-    assert ptychi["status"] == "not_scored"
-    assert "cannot be read: FileNotFoundError" in ptychi["reason"]
+    assert result["ground_truth"] is False
+    assert "cannot be read: FileNotFoundError" in result["reason"]
+    assert ptychi["status"] == "failed"  # the evaluation could not score it either
+    assert "evaluation failed: FileNotFoundError" in ptychi["reason"]
 
 
 def test_a_failed_baseline_is_missing_and_the_models_are_still_scored(tmp_path):
@@ -208,9 +209,7 @@ def test_a_failed_baseline_is_missing_and_the_models_are_still_scored(tmp_path):
     )
     model = _write(tmp_path / "m.npz", {"reconstructed_object": BLURRED})
 
-    result, _ = nodes.compare(
-        failed, _source(tmp_path), PARAMS, EVALUATION, model, job=JOB, names=["m"]
-    )
+    result, _ = compare(failed, _source(tmp_path), model, names=["m"])
 
     ptychi, scored = result["models"]
     assert ptychi["status"] == "missing"
@@ -263,15 +262,7 @@ def test_a_shifted_or_flat_model_is_flagged_in_words(tmp_path):
         _write(tmp_path / "flat.npz", {"reconstructed_object": flat}),
     ]
 
-    result, _ = nodes.compare(
-        BASELINE,
-        _source(tmp_path),
-        PARAMS,
-        EVALUATION,
-        *models,
-        job=JOB,
-        names=["moved", "flat"],
-    )
+    result, _ = compare(BASELINE, _source(tmp_path), *models, names=["moved", "flat"])
 
     entries = {e["model"]: e for e in result["models"]}
     assert entries["ptychi"]["flags"] == []
@@ -325,8 +316,8 @@ def test_each_job_compares_in_its_own_namespace_and_the_summary_fans_in():
     assert compare.inputs == [
         "dose_1e4.dense.test.job_artifacts",
         "phase_d__dose_10000__dense__dense_test@source",
-        "params:comparison",
-        "params:evaluation",
+        "params:scoring",
+        "dose_1e4.dense.test.metrics",  # the evaluation's score of the baseline
         "comparison__pinn__dose_10000__dense__test",
     ]
     assert compare.outputs == [

@@ -85,8 +85,8 @@ def test_a_good_reconstruction_is_measured_against_its_ground_truth(tmp_path):
 
     result = nodes.evaluate(_artifacts(shifted), _source(tmp_path, truth), PARAMS, JOB)
 
-    assert result["evaluated"] and result["ground_truth"]
-    assert result["namespace"] == JOB.namespace and result["status"] == "succeeded"
+    assert result["status"] == "scored" and result["ground_truth"]
+    assert result["namespace"] == JOB.namespace and result["job_status"] == "succeeded"
     assert result["region"] == [12, 84, 12, 116]  # where the footprints lit it
     assert result["scan"]["lit_px"] == 72 * 104
     np.testing.assert_allclose(result["alignment"]["shift_px"], [-0.5, 0.3], atol=0.1)
@@ -123,7 +123,7 @@ def test_a_job_without_a_reconstruction_is_not_evaluated(tmp_path, record, why):
 
     result = nodes.evaluate(JobArtifacts(on_disk(record)), missing, PARAMS, JOB)
 
-    assert result["evaluated"] is False
+    assert result["status"] == "missing"
     assert why in result["reason"]
     assert "phase" not in result
 
@@ -133,7 +133,7 @@ def test_a_flat_object_guess_gets_data_fit_metrics_only(tmp_path):
 
     result = nodes.evaluate(_artifacts(_object()), _source(tmp_path, flat), PARAMS, JOB)
 
-    assert result["evaluated"] and result["ground_truth"] is False
+    assert result["status"] == "not_scored" and result["ground_truth"] is False
     assert "phase" not in result and "amplitude" not in result
     assert result["data_fit"]["loss"] == [3.0, 1.0, 0.5]
 
@@ -151,7 +151,7 @@ def test_an_evaluation_that_fails_says_why_instead_of_raising(tmp_path):
 
     result = nodes.evaluate(_artifacts(_object()), source, PARAMS, JOB)
 
-    assert result["evaluated"] is False
+    assert result["status"] == "failed"
     assert "evaluation failed" in result["reason"] and "same grid" in result["reason"]
 
 
@@ -162,7 +162,7 @@ def test_the_manifest_section_is_the_headline_without_curves(tmp_path):
     headline = nodes.manifest_section(result)
 
     assert "frc_curves" not in headline and "alignment" not in headline
-    assert "namespace" not in headline and headline["evaluated"] is True
+    assert "namespace" not in headline and headline["status"] == "scored"
     assert "loss" not in headline["data_fit"]
     assert headline["phase"] == result["phase"]
     assert headline["shift_px"] == result["alignment"]["shift_px"]
@@ -198,8 +198,8 @@ def _job_metrics(
     scores = dict.fromkeys(("mae", "mse", "psnr", "ssim", "ms_ssim", "frc_0.5"), mae)
     return {
         **nodes.job_fields(Job(dose, view, "test")),
-        "status": "succeeded",
-        "evaluated": True,
+        "job_status": "succeeded",
+        "status": "scored",
         "ground_truth": True,
         "amplitude": scores,
         "phase": {**scores, "mae": mae},
@@ -226,7 +226,7 @@ def test_collect_metrics_names_the_jobs_without_metrics(study_metrics):
     missing = study_metrics[-1]
 
     assert missing["namespace"] == "dose_1e3.dense.test"
-    assert missing["evaluated"] is False and "no metrics.json" in missing["reason"]
+    assert missing["status"] == "missing" and "no metrics.json" in missing["reason"]
 
 
 def test_the_metrics_table_is_tidy_with_the_references_beside(study_metrics):

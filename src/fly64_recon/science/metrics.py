@@ -135,7 +135,7 @@ def mask_region(mask: np.ndarray) -> tuple[int, int, int, int]:
     if y1 - y0 < SSIM_MIN_SIDE or x1 - x0 < SSIM_MIN_SIDE:
         raise ValueError(
             f"illuminated region {y1 - y0} x {x1 - x0} px is too small to measure "
-            f"(at least {SSIM_MIN_SIDE} px a side); lower evaluation.illumination_fraction"
+            f"(at least {SSIM_MIN_SIDE} px a side); lower illumination_fraction (globals.yml)"
         )
     return y0, y1, x0, x1
 
@@ -393,10 +393,39 @@ def frc_crossing(
     return float((f0 + gap0 / (gap0 - gap1) * (f1 - f0)) / NYQUIST)
 
 
+@dataclass(frozen=True)
+class Metric:
+    """One score of ``image_metrics``: how the reports, tables and figures show it."""
+
+    name: str  # its key in every score, metrics.json and CSV row
+    label: str
+    phase_unit: str  # of the phase image's score ("": none); amplitude scores have none
+    number: str  # its format in a report
+    headline: bool  # in the study's tables and its figure, not only in the CSV
+
+    def heading(self, part: str) -> str:
+        """``phase MAE (rad)``, ``amplitude SSIM``."""
+        unit = self.phase_unit if part == "phase" else ""
+        return f"{part} {self.label}" + (f" ({unit})" if unit else "")
+
+
+# Adding a metric: one entry here and its line in ``image_metrics``.
+METRICS = (
+    Metric("mae", "MAE", "rad", "{:.4f}", headline=True),
+    Metric("mse", "MSE", "rad²", "{:.3g}", headline=False),
+    Metric("psnr", "PSNR", "dB", "{:.1f}", headline=False),
+    Metric("ssim", "SSIM", "", "{:.3f}", headline=True),
+    Metric("ms_ssim", "MS-SSIM", "", "{:.3f}", headline=False),
+    Metric("frc_0.5", "FRC 0.5", "x Nyquist", "{:.2f}", headline=True),
+)
+HEADLINE = tuple(metric for metric in METRICS if metric.headline)
+METRIC = {metric.name: metric for metric in METRICS}
+
+
 def image_metrics(
     truth: np.ndarray, estimate: np.ndarray, mask: np.ndarray
 ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """MAE, MSE, PSNR, SSIM, MS-SSIM and the FRC 0.5 crossing over ``mask``; FRC curve."""
+    """Every metric of ``METRICS`` over ``mask``, in its order; the FRC curve."""
     data_range = float(np.ptp(truth[mask]))
     error = truth[mask] - estimate[mask]
     mse = float(np.mean(error**2))

@@ -1,8 +1,17 @@
-"""What a job's scores are measured against: its ground truth, lit pixels and photons.
+"""The one layer that scores a reconstruction of a job: on its lit pixels, against its
+ground truth, beside what it is measured against.
 
-Pure functions on the members of a job's input file (DATA-001). Every pipeline that
-scores a reconstruction of a job against its ground truth (evaluation, comparison) takes
-its mask and noise floor from here, so their numbers stand on the same footing:
+The evaluation scores the pty-chi reconstruction with it (and adds what only the
+baseline has: data fit, convergence, half-dataset FRC, positions); the comparison scores
+every other model with it and reads the pty-chi score from the evaluation. A score
+(``score``) is a dict, the same in ``metrics.json`` and in ``comparison.json``:
+``status`` (``ScoreStatus``) and ``reason``; when scored, ``amplitude`` and ``phase``
+(every metric of ``metrics.METRICS``), ``null`` (the same for a flat object on the same
+pixels), ``noise_floor`` (the phase's shot-noise floor), ``alignment``,
+``frc_curves``, ``coverage`` (the part of the lit pixels scored) and ``flags`` (what
+makes the numbers doubtful, in words). Its tidy rows (``score_rows``) are the CSVs'.
+
+The footing, from the members of a job's input file (DATA-001):
 
 - mask: ``fly64_recon.science.beam.illumination_mask`` of the input's ``probeGuess`` summed over
   the positions of the patterns the job used (``pattern_index``; all when None);
@@ -17,11 +26,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
+from typing import Any
 
 import numpy as np
 
 from fly64_recon.contract import read_metadata
+from fly64_recon.record import JobRecord
 from fly64_recon.science import beam
+from fly64_recon.science import metrics as m
 
 TRUTH_MEMBERS = (
     "objectGuess",
@@ -98,3 +111,115 @@ def photons_per_pattern(diffraction: np.ndarray, intensity_scale: float) -> floa
         )
     )
     return total * intensity_scale**2 / len(diffraction)
+
+
+class ScoreStatus(str, Enum):
+    """Where a score stands; the value is what a score says."""
+
+    SCORED = "scored"
+    MISSING = "missing"  # no reconstruction to score
+    FAILED = "failed"  # a reconstruction that could not be scored (its file, an error)
+    NOT_SCORED = "not_scored"  # nothing to score against: no ground truth
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def unscored(status: ScoreStatus, reason: str) -> dict[str, Any]:
+    """A score that is not there, and why."""
+    return {"status": status.value, "reason": reason}
+
+
+def why_no_reconstruction(record: JobRecord | None, has_file: bool) -> str | None:
+    """Why a job's folder holds no reconstruction to score (None: it holds one)."""
+    if record is None:
+        return "no job record on disk: the job has not run"
+    if not record.status.has_reconstruction:
+        return f"job {record.status}: {record.reason}"
+    if not has_file:
+        return f"job {record.status}, but its reconstruction file is missing"
+    return None
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How finely to register, and the alignment beyond which a score is doubtful
+    (the ``scoring`` parameters)."""
+
+    upsample_factor: int
+    max_shift_px: float
+    max_phase_ramp_rad_per_px: float
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Bounds:
+        return cls(
+            params["upsample_factor"],
+            params["max_shift_px"],
+            params["max_phase_ramp_rad_per_px"],
+        )
+
+
+def score(
+    image: np.ndarray,
+    truth: np.ndarray,
+    footing: Footing,
+    bounds: Bounds,
+    scored: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """A reconstruction on the job's lit pixels (or the part ``scored`` of them where
+    it has values), beside the null reference and the noise floor, with its flags."""
+    mask = footing.mask if scored is None else scored
+    found = m.compare(image, truth, mask, bounds.upsample_factor)
+    alignment = m.Alignment.from_dict(found["alignment"])
+    worse = m.not_below_null(found)
+    flags = [worse] * bool(worse) + alignment.excess(
+        bounds.max_shift_px, bounds.max_phase_ramp_rad_per_px
+    )
+    return {
+        "status": ScoreStatus.SCORED.value,
+        "reason": None,
+        **found,
+        "noise_floor": {"phase": footing.noise_floor(mask)},
+        "coverage": float(mask.sum() / footing.mask.sum()),
+        "flags": flags,
+    }
+
+
+# The keys of a score (``score``), in metrics.json and comparison.json alike.
+SCORE_KEYS = (
+    "status",
+    "reason",
+    "amplitude",
+    "phase",
+    "null",
+    "noise_floor",
+    "alignment",
+    "frc_curves",
+    "coverage",
+    "flags",
+)
+SCORE_COLUMNS = [
+    "metric",
+    "amplitude",
+    "phase",
+    "null_amplitude",
+    "null_phase",
+    "phase_noise_floor",
+]
+
+
+def score_rows(found: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A scored score's tidy rows, one per metric (none when it is not scored)."""
+    if found.get("status") != ScoreStatus.SCORED.value:
+        return []
+    return [
+        {
+            "metric": metric.name,
+            "amplitude": found["amplitude"][metric.name],
+            "phase": found["phase"][metric.name],
+            "null_amplitude": found["null"]["amplitude"][metric.name],
+            "null_phase": found["null"]["phase"][metric.name],
+            "phase_noise_floor": found["noise_floor"]["phase"].get(metric.name),
+        }
+        for metric in m.METRICS
+    ]

@@ -11,34 +11,22 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedFormatter, FixedLocator, MaxNLocator, NullLocator
 
 from fly64_recon.pipelines.comparison.models import BASELINE
+from fly64_recon.pipelines.reporting import card
+from fly64_recon.science.metrics import METRICS
+from fly64_recon.science.scoring import ScoreStatus
 from fly64_recon.study import VIEWS, Job, dose_label
 
-DOSE_METRICS = (
-    ("mae", "MAE"),
-    ("mse", "MSE"),
-    ("psnr", "PSNR (dB)"),
-    ("ssim", "SSIM"),
-    ("ms_ssim", "MS-SSIM"),
-    ("frc_0.5", "FRC 0.5 (x Nyquist)"),
-)
 PARTS = ("phase", "amplitude")
 SPLIT_STYLES = {"test": "-", "train": "--"}
 REFERENCE_COLOUR = "0.55"
 IMAGE_KEYS = ("truth", "mask")
 
 
-def _card(text: str) -> Figure:
-    """A small figure that says why there is nothing to plot."""
-    figure = Figure(figsize=(7, 1.5))
-    figure.text(0.02, 0.5, text, fontsize=10, wrap=True)
-    return figure
-
-
 def comparison_figure(images: Mapping[str, np.ndarray], job: Job) -> Figure:
     """Truth and every reconstruction, phase and amplitude, then error maps on one scale."""
     names = [name for name in images if name not in IMAGE_KEYS]
     if not names:
-        return _card(f"{job.namespace}: no reconstruction was scored against a truth")
+        return card(f"{job.namespace}: no reconstruction was scored against a truth")
     rows = panel_rows(images, names)
     height, width = images["truth"].shape
     figure = Figure(
@@ -110,28 +98,26 @@ def metrics_vs_dose_figure(table: pd.DataFrame) -> Figure:
     The flat-object null reference of the pty-chi baseline's mask is grey dashed; the
     phase noise floor is grey dotted on the phase MAE panels.
     """
-    scored = table[table["status"] == "scored"]
+    scored = table[table["status"] == ScoreStatus.SCORED.value]
     if scored.empty:
-        return _card(
-            "comparison versus dose: nothing was scored against a ground truth"
-        )
+        return card("comparison versus dose: nothing was scored against a ground truth")
     views = [view for view in VIEWS if view in set(scored["view"])]
     columns = [(part, view) for part in PARTS for view in views]
     models = [BASELINE, *sorted(set(scored["model"]) - {BASELINE})]
     colours = {
         name: "k" if name == BASELINE else f"C{i}" for i, name in enumerate(models)
     }
-    figure = Figure(figsize=(3.1 * len(columns), 2.3 * len(DOSE_METRICS) + 0.8))
+    figure = Figure(figsize=(3.1 * len(columns), 2.3 * len(METRICS) + 0.8))
     figure.subplots_adjust(
         left=0.06, right=0.98, bottom=0.05, top=0.93, wspace=0.35, hspace=0.45
     )
-    axes = figure.subplots(len(DOSE_METRICS), len(columns), squeeze=False)
-    for row, (metric, label) in enumerate(DOSE_METRICS):
+    axes = figure.subplots(len(METRICS), len(columns), squeeze=False)
+    for row, metric in enumerate(METRICS):
         for col, (part, view) in enumerate(columns):
             ax = axes[row, col]
-            rows = scored[(scored["metric"] == metric) & (scored["view"] == view)]
-            _dose_panel(ax, rows, part, metric, colours)
-            ax.set_title(f"{view}: {part} {label}", fontsize=8)
+            rows = scored[(scored["metric"] == metric.name) & (scored["view"] == view)]
+            _dose_panel(ax, rows, part, metric.name, colours)
+            ax.set_title(f"{view}: {metric.heading(part)}", fontsize=8)
     axes[0, 0].legend(fontsize=6)
     figure.supxlabel("dose (photons per pattern)", fontsize=9)
     figure.suptitle("Every reconstruction against dose, scored on the same masks")

@@ -1,19 +1,18 @@
 """Nodes of the comparison: one job's models beside its pty-chi baseline, then the study.
 
-Every reconstruction of a job (the baseline, named ``ptychi``, and each declared model)
-is scored by ``metrics.compare`` on the job's illumination mask (``fly64_recon.science.scoring``,
-as the evaluation scores the baseline), beside the flat-object null reference on the
-same mask and the shot-noise floor. A model's problem is that model's row: ``missing``
-(no file), ``failed`` (the file breaks the input rules, with the file and key), or
-``not_scored`` (the job has no ground truth to score against). Nothing here raises for
-one job or one model.
+Every declared model of a job is scored by the scoring layer
+(``fly64_recon.science.scoring``) on the job's lit pixels, as the evaluation scores the
+pty-chi reconstruction; the baseline's score (``ptychi``) is the evaluation's, read from
+its ``metrics.json`` through the catalog, never scored again. A model's problem is that
+model's score: ``missing`` (no file), ``failed`` (the file breaks the input rules, with
+the file and key), or ``not_scored`` (the job has no ground truth to score against).
+Nothing here raises for one job or one model.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,13 +25,21 @@ from fly64_recon.pipelines.comparison.models import (
     ModelFileError,
     model_on_grid,
 )
-from fly64_recon.record import JobRecord, job_fields
+from fly64_recon.pipelines.reporting import markdown_table
+from fly64_recon.record import job_fields
 from fly64_recon.science import metrics as m
 from fly64_recon.science.scoring import (
+    SCORE_COLUMNS,
+    SCORE_KEYS,
     TRUTH_MEMBERS,
+    Bounds,
     Footing,
+    ScoreStatus,
     has_ground_truth,
     job_footing,
+    score,
+    score_rows,
+    unscored,
 )
 from fly64_recon.study import Job, dose_label
 
@@ -43,23 +50,19 @@ TABLE_COLUMNS = [
     "view",
     "split",
     "model",
-    "metric",
-    "amplitude",
-    "phase",
-    "null_amplitude",
-    "null_phase",
-    "phase_noise_floor",
+    *SCORE_COLUMNS,
     "coverage",
     "status",
     "reason",
 ]
-
-
+# The comparison report's columns: the headline metrics of the phase, the amplitude MAE.
 REPORT_COLUMNS = (
-    ("phase", "mae", "phase MAE (rad)", "{:.4f}"),
-    ("phase", "ssim", "phase SSIM", "{:.3f}"),
-    ("phase", "frc_0.5", "phase FRC 0.5", "{:.2f}"),
-    ("amplitude", "mae", "amplitude MAE", "{:.4f}"),
+    *(("phase", metric) for metric in m.HEADLINE),
+    ("amplitude", m.METRIC["mae"]),
+)
+NOT_EVALUATED = (
+    "no metrics.json: the evaluation has not scored the pty-chi reconstruction "
+    "(kedro run --pipeline evaluation)"
 )
 
 
@@ -83,86 +86,81 @@ def open_model(source: NPZSource) -> tuple[dict[str, np.ndarray] | None, dict]:
     if not source.exists():
         return None, {
             **entry,
-            "status": "missing",
-            "reason": f"no file at {source.path}",
+            **unscored(ScoreStatus.MISSING, f"no file at {source.path}"),
         }
     try:
         arrays, sha256 = source.load()
     except (NPZFormatError, OSError) as error:
-        return None, {**entry, "status": "failed", "reason": str(error)}
+        return None, {**entry, **unscored(ScoreStatus.FAILED, str(error))}
     return arrays, {**entry, "sha256": sha256}
 
 
-def open_baseline(
-    artifacts: JobArtifacts, job: Job
-) -> tuple[dict[str, np.ndarray] | None, dict]:
-    """The job's pty-chi reconstruction and its entry, or None and why not."""
-    entry = {"path": f"{job.output_relpath}/{RECONSTRUCTION_FILE}"}
-    record = JobRecord.from_dict(artifacts.record) if artifacts.record else None
-    made = record is not None and record.status.has_reconstruction
-    if made and artifacts.arrays is not None:
-        return artifacts.arrays, entry
-    if record is None:
-        reason = "no job record on disk: the baseline job has not run"
-    elif made:
-        reason = f"job {record.status}, but its reconstruction file is missing"
-    else:
-        reason = f"job {record.status}: {record.reason}"
-    return None, {**entry, "status": "missing", "reason": reason}
+def baseline_entry(metrics: Mapping[str, Any], job: Job) -> dict[str, Any]:
+    """The pty-chi reconstruction's entry: the evaluation's score of it."""
+    entry = {"model": BASELINE, "path": f"{job.output_relpath}/{RECONSTRUCTION_FILE}"}
+    if not metrics:
+        return {**entry, **unscored(ScoreStatus.MISSING, NOT_EVALUATED)}
+    return {**entry, **{key: metrics[key] for key in SCORE_KEYS if key in metrics}}
+
+
+def baseline_image(
+    artifacts: JobArtifacts, metrics: Mapping[str, Any]
+) -> tuple[np.ndarray, tuple[int, ...]] | None:
+    """The pty-chi reconstruction aligned as the evaluation aligned it, and its region."""
+    if metrics.get("status") != ScoreStatus.SCORED or artifacts.arrays is None:
+        return None
+    alignment = m.Alignment.from_dict(metrics["alignment"])
+    image = artifacts.arrays["reconstructed_object"]
+    return m.apply_alignment(image, alignment), alignment.region
 
 
 def compare(
     artifacts: JobArtifacts,
     source: NPZSource,
     params: Mapping[str, Any],
-    evaluation: Mapping[str, Any],
+    metrics: Mapping[str, Any],
     *models: NPZSource,
     job: Job,
     names: Sequence[str],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Score the baseline and every model of the job; their aligned images for a figure."""
-    opened = {BASELINE: open_baseline(artifacts, job)}
-    opened.update(
-        (name, open_model(model)) for name, model in zip(names, models, strict=True)
-    )
+    """Score every model of the job (``params``: the scoring parameters) beside the
+    evaluation's score of the pty-chi reconstruction; their aligned images for a
+    figure."""
+    baseline = baseline_entry(metrics, job)
+    opened = {
+        name: open_model(model) for name, model in zip(names, models, strict=True)
+    }
     try:
-        truth, footing = job_truth(source, artifacts, params, evaluation)
+        truth, footing = job_truth(source, artifacts, params)
     except NoGroundTruth as error:
-        return _not_scored(job, opened, str(error)), {}
+        return _not_scored(job, baseline, opened, str(error)), {}
     except Exception as error:  # noqa: BLE001 - one job's comparison, not the study's
         logger.exception("%s: the ground truth cannot be read", job.namespace)
         why = f"the ground truth cannot be read: {type(error).__name__}: {error}"
-        return _not_scored(job, opened, why), {}
-    bounds = Bounds(
-        evaluation["upsample_factor"],
-        evaluation["max_shift_px"],
-        evaluation["max_phase_ramp_rad_per_px"],
-    )
-    entries, aligned = [], {}
+        return _not_scored(job, baseline, opened, why), {}
+    bounds = Bounds.from_params(params)
+    entries, aligned = [baseline], {BASELINE: baseline_image(artifacts, metrics)}
     for name, (arrays, entry) in opened.items():
         found, aligned[name] = (
             (entry, None)
             if arrays is None
-            else score(arrays, entry, truth, footing, bounds)
+            else score_model(arrays, entry, truth, footing, bounds)
         )
         entries.append({"model": name, **found})
-    _warn(job, entries)
+    _log_unscored(job, entries)
     result = {
         **job_fields(job),
         "ground_truth": True,
         "lit_px": int(footing.mask.sum()),
         "photons_per_pattern": footing.photons_per_pattern,
-        "noise_floor": footing.noise_floor(),
+        "noise_floor": {"phase": footing.noise_floor()},
         "models": entries,
     }
     return result, figure_images(truth, footing.mask, aligned)
 
 
 def job_truth(
-    source: NPZSource,
-    artifacts: JobArtifacts,
-    params: Mapping[str, Any],
-    evaluation: Mapping[str, Any],
+    source: NPZSource, artifacts: JobArtifacts, params: Mapping[str, Any]
 ) -> tuple[np.ndarray, Footing]:
     """The ground truth and the footing of the patterns the baseline used (else all)."""
     members = source.load_members(TRUTH_MEMBERS)
@@ -175,15 +173,17 @@ def job_truth(
     return members["objectGuess"], footing
 
 
-def _not_scored(job: Job, opened: Mapping[str, tuple], reason: str) -> dict[str, Any]:
+def _not_scored(
+    job: Job, baseline: dict[str, Any], opened: Mapping[str, tuple], reason: str
+) -> dict[str, Any]:
     """The job's entries when there is nothing to score against."""
-    entries = [
+    entries = [baseline] + [
         {"model": name, **entry}
         if arrays is None
-        else {"model": name, **entry, "status": "not_scored", "reason": reason}
+        else {"model": name, **entry, **unscored(ScoreStatus.NOT_SCORED, reason)}
         for name, (arrays, entry) in opened.items()
     ]
-    _warn(job, entries)
+    _log_unscored(job, entries)
     return {
         **job_fields(job),
         "ground_truth": False,
@@ -192,11 +192,12 @@ def _not_scored(job: Job, opened: Mapping[str, tuple], reason: str) -> dict[str,
     }
 
 
-def _warn(job: Job, entries: Sequence[Mapping[str, Any]]) -> None:
-    """One log line per reconstruction of the job that was not scored."""
+def _log_unscored(job: Job, entries: Sequence[Mapping[str, Any]]) -> None:
+    """One log line per reconstruction of the job that was not scored (the closing
+    summary says it once per model)."""
     for entry in entries:
-        if entry["status"] != "scored":
-            logger.warning(
+        if entry["status"] != ScoreStatus.SCORED:
+            logger.info(
                 "%s: %s %s: %s",
                 job.namespace,
                 entry["model"],
@@ -205,48 +206,26 @@ def _warn(job: Job, entries: Sequence[Mapping[str, Any]]) -> None:
             )
 
 
-@dataclass(frozen=True)
-class Bounds:
-    """How finely to register, and the alignment beyond which a score is doubtful."""
-
-    upsample_factor: int
-    max_shift_px: float
-    max_phase_ramp_rad_per_px: float
-
-
-def score(
+def score_model(
     arrays: Mapping[str, np.ndarray],
     entry: Mapping[str, Any],
     truth: np.ndarray,
     footing: Footing,
     bounds: Bounds,
 ) -> tuple[dict[str, Any], tuple[np.ndarray, tuple[int, ...]] | None]:
-    """One reconstruction's entry, scored on the job's footing; its aligned region."""
+    """One model's entry, scored on the job's footing; its aligned region."""
     path = entry["path"]
     try:
         image, scored = model_on_grid(arrays, path, footing.mask)
-        result = m.compare(image, truth, scored, bounds.upsample_factor)
+        found = score(image, truth, footing, bounds, scored)
     except ModelFileError as error:
-        return {**entry, "status": "failed", "reason": str(error)}, None
+        return {**entry, **unscored(ScoreStatus.FAILED, str(error))}, None
     except Exception as error:  # noqa: BLE001 - one model's scores, not the study's
         logger.exception("%s: scoring failed", path)
         reason = f"{path}: scoring failed: {type(error).__name__}: {error}"
-        return {**entry, "status": "failed", "reason": reason}, None
-    alignment = m.Alignment.from_dict(result["alignment"])
-    flags = alignment.excess(bounds.max_shift_px, bounds.max_phase_ramp_rad_per_px)
-    worse = m.not_below_null(result)
-    if worse:
-        flags.append(worse)
-    scores = {
-        **entry,
-        "status": "scored",
-        "reason": None,
-        "coverage": float(scored.sum() / footing.mask.sum()),
-        "noise_floor": footing.noise_floor(scored),
-        "flags": flags,
-        **result,
-    }
-    return scores, (m.apply_alignment(image, alignment), alignment.region)
+        return {**entry, **unscored(ScoreStatus.FAILED, reason)}, None
+    alignment = m.Alignment.from_dict(found["alignment"])
+    return {**entry, **found}, (m.apply_alignment(image, alignment), alignment.region)
 
 
 def figure_images(
@@ -303,23 +282,11 @@ def _rows(job: Mapping[str, Any], entry: Mapping[str, Any]) -> list[dict[str, An
         "split": job["split"],
         "model": entry["model"],
     }
-    if entry["status"] != "scored":
+    scored = score_rows(entry)
+    if not scored:
         return [{**head, "status": entry["status"], "reason": entry["reason"]}]
-    return [
-        {
-            **head,
-            "metric": metric,
-            "amplitude": entry["amplitude"][metric],
-            "phase": entry["phase"][metric],
-            "null_amplitude": entry["null"]["amplitude"][metric],
-            "null_phase": entry["null"]["phase"][metric],
-            "phase_noise_floor": entry["noise_floor"].get(metric),
-            "coverage": entry["coverage"],
-            "status": "scored",
-            "reason": "",
-        }
-        for metric in entry["phase"]
-    ]
+    tail = {"coverage": entry["coverage"], "status": entry["status"], "reason": ""}
+    return [{**head, **row, **tail} for row in scored]
 
 
 def comparison_report(comparisons: Sequence[dict[str, Any]]) -> str:
@@ -331,14 +298,14 @@ def comparison_report(comparisons: Sequence[dict[str, Any]]) -> str:
         _report_row(job, entry, _entry(job, BASELINE))
         for job in comparisons
         for entry in job["models"]
-        if entry["model"] != BASELINE and entry["status"] == "scored"
+        if entry["model"] != BASELINE and entry["status"] == ScoreStatus.SCORED
     ]
     unscored = [
         f"- dose {dose_label(job['dose'])}, {job['view']}, {job['split']}, "
         f"`{entry['model']}`: {entry['status']}: {entry['reason']}"
         for job in comparisons
         for entry in job["models"]
-        if entry["status"] != "scored"
+        if entry["status"] != ScoreStatus.SCORED
     ]
     lines = [
         "# Other reconstructions against the pty-chi baseline",
@@ -349,7 +316,7 @@ def comparison_report(comparisons: Sequence[dict[str, Any]]) -> str:
         "",
     ]
     if rows:
-        lines += ["## Model against pty-chi", "", *_markdown_table(rows), ""]
+        lines += ["## Model against pty-chi", "", *_report_table(rows), ""]
     flagged = [
         f"- dose {dose_label(job['dose'])}, {job['view']}, {job['split']}, "
         f"`{entry['model']}`: {flag}."
@@ -378,7 +345,11 @@ def comparison_report(comparisons: Sequence[dict[str, Any]]) -> str:
 def _entry(job: Mapping[str, Any], name: str) -> dict[str, Any] | None:
     """The job's scored entry of ``name``, if any."""
     return next(
-        (e for e in job["models"] if e["model"] == name and e["status"] == "scored"),
+        (
+            e
+            for e in job["models"]
+            if e["model"] == name and e["status"] == ScoreStatus.SCORED
+        ),
         None,
     )
 
@@ -387,11 +358,13 @@ def _report_row(
     job: Mapping[str, Any], entry: Mapping[str, Any], base: Mapping | None
 ) -> list[str]:
     cells = [dose_label(job["dose"]), job["view"], job["split"], f"`{entry['model']}`"]
-    for part, metric, _, fmt in REPORT_COLUMNS:
-        cells.append(fmt.format(entry[part][metric]))
-        cells.append("-" if base is None else fmt.format(base[part][metric]))
+    for part, metric in REPORT_COLUMNS:
+        cells.append(metric.number.format(entry[part][metric.name]))
+        cells.append(
+            "-" if base is None else metric.number.format(base[part][metric.name])
+        )
     cells.append(f"{entry['null']['phase']['mae']:.4f}")
-    cells.append(f"{entry['noise_floor']['mae']:.4f}")
+    cells.append(f"{entry['noise_floor']['phase']['mae']:.4f}")
     cells.append(verdict(entry, base))
     return cells
 
@@ -404,7 +377,10 @@ def verdict(entry: Mapping[str, Any], base: Mapping[str, Any] | None) -> str:
         words.append("no pty-chi score to compare")
     else:
         ratio = mae / base["phase"]["mae"] if base["phase"]["mae"] > 0 else np.inf
-        better = "better" if ratio < 1 else "worse" if ratio > 1 else "equal"
+        # Equal within a millionth: a copy of the baseline is not "better" by rounding.
+        better = (
+            "better" if ratio < 1 - 1e-6 else "worse" if ratio > 1 + 1e-6 else "equal"
+        )
         words.append(f"{better}: {ratio:.2f}x pty-chi's phase MAE")
     if mae >= entry["null"]["phase"]["mae"]:
         words.append("not below the flat object")
@@ -413,14 +389,9 @@ def verdict(entry: Mapping[str, Any], base: Mapping[str, Any] | None) -> str:
     return "; ".join(words)
 
 
-def _markdown_table(rows: Sequence[Sequence[str]]) -> list[str]:
+def _report_table(rows: Sequence[Sequence[str]]) -> list[str]:
     header = ["dose", "view", "split", "model"]
-    for _, _, label, _ in REPORT_COLUMNS:
-        header += [label, "pty-chi"]
+    for part, metric in REPORT_COLUMNS:
+        header += [metric.heading(part), "pty-chi"]
     header += ["flat object phase MAE", "noise floor (rad)", "verdict"]
-    align = ["---"] * 4 + ["---:"] * (len(header) - 5) + ["---"]
-    return [
-        "| " + " | ".join(header) + " |",
-        "| " + " | ".join(align) + " |",
-        *("| " + " | ".join(row) + " |" for row in rows),
-    ]
+    return markdown_table(header, rows, first_number=4, end_number=len(header) - 1)

@@ -1,4 +1,5 @@
-"""compare -> plot_comparison per job namespace; the study's comparison fans in from disk."""
+"""compare -> plot_comparison per job namespace (the job's pty-chi score read from its
+evaluation's metrics.json); the study's comparison fans in from disk."""
 
 from collections.abc import Mapping
 
@@ -51,8 +52,8 @@ def job_pipeline(job: Job, names: list[str]) -> Pipeline:
                 [
                     "job_artifacts",
                     "ground_truth_npz",
-                    "params:comparison",
-                    "params:evaluation",
+                    "params:scoring",
+                    "metrics",
                     *models,
                 ],
                 ["comparison", "comparison_images"],
@@ -67,7 +68,7 @@ def job_pipeline(job: Job, names: list[str]) -> Pipeline:
         ],
         namespace=job.namespace,
         inputs={"ground_truth_npz": f"{job.input_dataset}@source", **models},
-        parameters={"params:comparison", "params:evaluation"},
+        parameters={"params:scoring"},
         tags=["comparison", job.view, job.split],
     )
 

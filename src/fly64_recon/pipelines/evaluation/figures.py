@@ -9,18 +9,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from fly64_recon.pipelines.reporting import card
+from fly64_recon.science.metrics import HEADLINE
 from fly64_recon.study import VIEWS, Job, dose_label
 
-DOSE_METRICS = (("mae", "MAE"), ("ssim", "SSIM"), ("frc_0.5", "FRC 0.5 (x Nyquist)"))
 REFERENCE_COLOUR = "0.45"
 SPLIT_STYLES = {"test": "-", "train": "--"}
-
-
-def _card(text: str) -> Figure:
-    """A small figure that says why there is nothing to plot."""
-    figure = Figure(figsize=(6, 1.5))
-    figure.text(0.02, 0.5, text, fontsize=11)
-    return figure
 
 
 def _views(views: set[str]) -> list[str]:
@@ -30,7 +24,7 @@ def _views(views: set[str]) -> list[str]:
 def phase_grid_figure(phases: Mapping[str, np.ndarray]) -> Figure:
     """Aligned reconstructed phase, doses down, views across, on one colour scale."""
     if not phases:
-        return _card("phase grid: no evaluated reconstruction of this split")
+        return card("phase grid: no evaluated reconstruction of this split")
     jobs = {Job.from_namespace(name): image for name, image in phases.items()}
     doses = sorted({job.dose for job in jobs})
     views = _views({job.view for job in jobs})
@@ -61,14 +55,14 @@ def metrics_vs_dose_figure(table: pd.DataFrame) -> Figure:
     """Amplitude and phase metrics against dose, one line per view and split; the MAE
     panels show the null reference (dash-dot) and the phase noise floor (dotted)."""
     if table.empty:
-        return _card("metrics versus dose: no job was measured against a ground truth")
-    figure = Figure(figsize=(4 * len(DOSE_METRICS), 6.5), layout="constrained")
-    axes = figure.subplots(2, len(DOSE_METRICS), squeeze=False)
+        return card("metrics versus dose: no job was measured against a ground truth")
+    figure = Figure(figsize=(4 * len(HEADLINE), 6.5), layout="constrained")
+    axes = figure.subplots(2, len(HEADLINE), squeeze=False)
     colours = {view: f"C{i}" for i, view in enumerate(VIEWS)}
     for row, part in enumerate(("amplitude", "phase")):
-        for col, (metric, label) in enumerate(DOSE_METRICS):
+        for col, metric in enumerate(HEADLINE):
             ax = axes[row, col]
-            rows = table[table["metric"] == metric].sort_values("dose")
+            rows = table[table["metric"] == metric.name].sort_values("dose")
             for (view, split), group in rows.groupby(["view", "split"]):
                 ax.plot(
                     group["dose"],
@@ -78,11 +72,11 @@ def metrics_vs_dose_figure(table: pd.DataFrame) -> Figure:
                     color=colours[view],
                     label=f"{view} {split}",
                 )
-                if metric == "mae":
+                if metric.name == "mae":
                     _references(ax, group, part, colours[view])
             ax.set_xscale("log")
             ax.set_xlabel("dose (photons per pattern)")
-            ax.set_title(f"{part} {label}")
+            ax.set_title(metric.heading(part))
     axes[0, 0].legend(fontsize=8)
     figure.suptitle("Reconstruction quality against dose")
     return figure
@@ -99,7 +93,7 @@ def convergence_figure(all_metrics: Sequence[dict[str, Any]]) -> Figure:
     """LSQML loss per epoch of every job, one panel per view, one colour per dose."""
     fitted = [job for job in all_metrics if "data_fit" in job]
     if not fitted:
-        return _card("convergence: no job has a loss curve")
+        return card("convergence: no job has a loss curve")
     views = _views({job["view"] for job in fitted})
     doses = sorted({job["dose"] for job in fitted})
     colours = {dose: f"C{i}" for i, dose in enumerate(doses)}

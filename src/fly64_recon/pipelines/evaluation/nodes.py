@@ -1,11 +1,12 @@
 """Nodes of the evaluation: one job's metrics (in its namespace), then the study summary.
 
-Like a reconstruction job, an evaluation never raises for a problem of its own job: a
-job that did not succeed, or whose evaluation fails, gets ``evaluated: false`` and why.
-Every score stands beside its references, measured on the same lit pixels
-(``fly64_recon.science.scoring``): the null reference (a flat object) and the shot-noise floor.
-What makes a score doubtful (not below the null, a spurious alignment, a reconstruction
-stopped while still improving, no overlap) is a flag, in words.
+The evaluation scores the job's pty-chi reconstruction with the scoring layer
+(``fly64_recon.science.scoring``: on the job's lit pixels, beside a flat object and the
+shot-noise floor) and adds what only the baseline has: its data fit and convergence,
+the half-dataset FRC, its positions. Like a reconstruction job, it never raises for a
+problem of its own job: the score says ``missing`` or ``failed`` and why. What makes a
+score doubtful (not below the null, a spurious alignment, a reconstruction stopped
+while still improving, no overlap) is a flag, in words.
 """
 
 from __future__ import annotations
@@ -26,26 +27,23 @@ from fly64_recon.science import beam
 from fly64_recon.science import metrics as m
 from fly64_recon.science.convergence import StopReason
 from fly64_recon.science.scoring import (
+    SCORE_COLUMNS,
     TRUTH_MEMBERS,
+    Bounds,
     Footing,
+    ScoreStatus,
     has_ground_truth,
     job_footing,
+    score,
+    score_rows,
+    unscored,
+    why_no_reconstruction,
 )
 from fly64_recon.study import Job
 
 logger = logging.getLogger(__name__)
 
-TABLE_COLUMNS = [
-    "dose",
-    "view",
-    "split",
-    "metric",
-    "amplitude",
-    "phase",
-    "null_amplitude",
-    "null_phase",
-    "phase_noise_floor",
-]
+TABLE_COLUMNS = ["dose", "view", "split", *SCORE_COLUMNS]
 # In metrics.json but not in the manifest entry, which has the job's own fields already.
 NOT_HEADLINE = (
     "engine",
@@ -53,41 +51,34 @@ NOT_HEADLINE = (
     "dose",
     "view",
     "split",
-    "status",
+    "job_status",
     "frc_curves",
     "alignment",
 )
+NO_GROUND_TRUTH = "no ground truth: the data fit and the half-dataset FRC only"
 
 
 def evaluate(
     artifacts: JobArtifacts, source: NPZSource, params: Mapping[str, Any], job: Job
 ) -> dict[str, Any]:
-    """The job's metrics: against the ground truth when its input has one."""
+    """The job's metrics (``params``: the scoring parameters); scored against the
+    ground truth when its input has one."""
     record = JobRecord.from_dict(artifacts.record) if artifacts.record else None
-    head = {**job_fields(job), "status": record.status if record else None}
-    made = record is not None and record.status.has_reconstruction
-    if not made or artifacts.arrays is None:
-        return {**head, "evaluated": False, "reason": _why_not(record)}
+    head = {**job_fields(job), "job_status": record.status.value if record else None}
+    missing = why_no_reconstruction(record, artifacts.arrays is not None)
+    if missing is not None:
+        return {**head, **unscored(ScoreStatus.MISSING, missing)}
     try:
         members = source.load_members(TRUTH_MEMBERS)
         measured = measure(artifacts.arrays, members, record, params)
     except Exception as error:  # noqa: BLE001 - one job's evaluation, not the study's
         logger.exception("%s: evaluation failed", job.namespace)
         reason = f"evaluation failed: {type(error).__name__}: {error}"
-        return {**head, "evaluated": False, "reason": reason}
+        return {**head, **unscored(ScoreStatus.FAILED, reason)}
     # An outcome, not a fault: the closing summary and study_summary.md list the flags.
     for flag in measured["flags"]:
         logger.info("%s: %s", job.namespace, flag)
-    return {**head, "evaluated": True, **measured}
-
-
-def _why_not(record: JobRecord | None) -> str:
-    """Why a job's folder holds nothing to evaluate."""
-    if record is None:
-        return "no job record on disk: the job has not run"
-    if record.status.has_reconstruction:
-        return f"job {record.status}, but its reconstruction file is missing"
-    return f"job {record.status}: {record.reason}"
+    return {**head, **measured}
 
 
 def measure(
@@ -96,7 +87,7 @@ def measure(
     record: JobRecord,
     params: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Data fit always; scores beside their references given a ground truth; flags."""
+    """Data fit always; the score given a ground truth; the job's flags."""
     reconstruction, target = arrays["reconstructed_object"], members["objectGuess"]
     if reconstruction.shape != target.shape:
         raise ValueError(
@@ -107,6 +98,7 @@ def measure(
         members, arrays["pattern_index"], params["illumination_fraction"]
     )
     region = m.mask_region(footing.mask)
+    bounds = Bounds.from_params(params)
     found: dict[str, Any] = {
         "engine": record.engine,
         "ground_truth": has_ground_truth(members),
@@ -124,16 +116,16 @@ def measure(
     if "half_objects" in arrays:
         first, second = arrays["half_objects"]
         found["half_dataset_frc"] = m.half_dataset_frc(
-            first, second, footing.mask, params["upsample_factor"]
+            first, second, footing.mask, bounds.upsample_factor
         )
     if found["ground_truth"]:
-        found |= m.compare(
-            reconstruction, target, footing.mask, params["upsample_factor"]
-        )
-        found["noise_floor"] = {"phase": footing.noise_floor()}
+        found |= score(reconstruction, target, footing, bounds)
+    else:
+        found |= unscored(ScoreStatus.NOT_SCORED, NO_GROUND_TRUTH)
     if all(key in members for key in TRUE_POSITION_KEYS):
         found["positions"] = positions(arrays, members, record)
-    return {**found, "flags": flags(found, record, params)}
+    found["flags"] = [*found.get("flags", []), *job_flags(record)]
+    return found
 
 
 def positions(
@@ -173,19 +165,9 @@ def scan_summary(
     }
 
 
-def flags(
-    found: Mapping[str, Any], record: JobRecord, params: Mapping[str, Any]
-) -> list[str]:
-    """What makes this job's numbers doubtful, in words (empty: nothing)."""
+def job_flags(record: JobRecord) -> list[str]:
+    """What the job itself makes doubtful, beside its score's flags, in words."""
     words = []
-    if found["ground_truth"]:
-        worse = m.not_below_null(found)
-        if worse:
-            words.append(worse)
-        alignment = m.Alignment.from_dict(found["alignment"])
-        words += alignment.excess(
-            params["max_shift_px"], params["max_phase_ramp_rad_per_px"]
-        )
     if record.converged is False:
         words.append(not_converged(record))
     if record.overlap == 0:
@@ -236,7 +218,10 @@ def report_metrics(metrics: dict[str, Any], entry: dict[str, Any]) -> JobRecord:
 
 def collect_metrics(*metrics: dict[str, Any], jobs: Sequence[Job]) -> list[dict]:
     """Every job's metrics in design order; a job without ``metrics.json`` says so."""
-    missing = {"status": None, "evaluated": False, "reason": "no metrics.json on disk"}
+    missing = {
+        "job_status": None,
+        **unscored(ScoreStatus.MISSING, "no metrics.json on disk"),
+    }
     return [
         found or {**job_fields(job), **missing}
         for job, found in zip(jobs, metrics, strict=True)
@@ -244,22 +229,11 @@ def collect_metrics(*metrics: dict[str, Any], jobs: Sequence[Job]) -> list[dict]
 
 
 def metrics_table(all_metrics: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """Tidy: a row per job and metric; the score beside the null and the noise floor."""
+    """Tidy: a row per scored job and metric, beside the null and the noise floor."""
     rows = [
-        {
-            "dose": job["dose"],
-            "view": job["view"],
-            "split": job["split"],
-            "metric": name,
-            "amplitude": job["amplitude"][name],
-            "phase": job["phase"][name],
-            "null_amplitude": job["null"]["amplitude"][name],
-            "null_phase": job["null"]["phase"][name],
-            "phase_noise_floor": job["noise_floor"]["phase"].get(name),
-        }
+        {"dose": job["dose"], "view": job["view"], "split": job["split"], **row}
         for job in all_metrics
-        if job.get("ground_truth")
-        for name in job["phase"]
+        for row in score_rows(job)
     ]
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
@@ -273,7 +247,7 @@ def aligned_phases(
     """The phase of each reconstruction of the grid's split, aligned as it was measured."""
     phases = {}
     for job, metrics, found in zip(jobs, all_metrics, artifacts, strict=True):
-        shown = job.split == params["grid_split"] and metrics.get("evaluated")
+        shown = job.split == params["grid_split"] and "region" in metrics
         if not shown or found.arrays is None:
             continue
         image = found.arrays["reconstructed_object"]

@@ -32,7 +32,7 @@ def job_pipeline(job: Job) -> Pipeline:
         [
             Node(
                 bind(evaluate, job=job),
-                ["job_artifacts", "ground_truth_npz", "params:evaluation"],
+                ["job_artifacts", "ground_truth_npz", "params:scoring"],
                 "metrics",
                 name="evaluate",
             ),
@@ -45,7 +45,7 @@ def job_pipeline(job: Job) -> Pipeline:
         ],
         namespace=job.namespace,
         inputs={"ground_truth_npz": f"{job.input_dataset}@source"},
-        parameters={"params:evaluation"},
+        parameters={"params:scoring"},
         tags=["evaluation", job.view, job.split],
     )
 

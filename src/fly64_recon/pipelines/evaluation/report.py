@@ -11,6 +11,9 @@ from collections.abc import Callable, Sequence
 from statistics import mean
 from typing import Any
 
+from fly64_recon.pipelines.reporting import markdown_table
+from fly64_recon.science.metrics import HEADLINE, METRIC
+from fly64_recon.science.scoring import ScoreStatus
 from fly64_recon.study import VIEWS, dose_label
 
 Job = dict[str, Any]
@@ -18,10 +21,12 @@ Job = dict[str, Any]
 
 def summary_report(all_metrics: Sequence[Job]) -> str:
     """The study's results as Markdown: tables, flags, science check, what is missing."""
-    measured = [job for job in all_metrics if job.get("ground_truth")]
-    evaluated = [job for job in all_metrics if job.get("evaluated")]
-    fit_only = [job for job in evaluated if not job.get("ground_truth")]
-    missing = [job for job in all_metrics if not job.get("evaluated")]
+    measured = [job for job in all_metrics if job.get("status") == ScoreStatus.SCORED]
+    fit_only = [
+        job for job in all_metrics if job.get("status") == ScoreStatus.NOT_SCORED
+    ]
+    evaluated = measured + fit_only
+    missing = [job for job in all_metrics if job not in evaluated]
     engines = sorted({job["engine"] for job in evaluated if job.get("engine")})
     lines = [
         f"# pty-chi {'/'.join(engines) or 'LSQML'} baseline: study summary",
@@ -81,18 +86,29 @@ NOTES = (
     "Per-job details: `metrics.json` in each job folder; every number: `metrics.csv`."
 )
 
+
+def _ratio(job: Job, reference: str) -> float:
+    base = job["null"]["phase"] if reference == "null" else job["noise_floor"]["phase"]
+    return job["phase"]["mae"] / base["mae"]
+
+
+# The phase MAE beside its references, the phase's other headline metrics, the
+# amplitude MAE beside its null (metrics.METRICS says which are headline).
 MEASURED_COLUMNS: tuple[tuple[str, Callable[[Job], str]], ...] = (
-    ("phase MAE (rad)", lambda j: f"{j['phase']['mae']:.4f}"),
+    (METRIC["mae"].heading("phase"), lambda j: f"{j['phase']['mae']:.4f}"),
     ("null", lambda j: f"{j['null']['phase']['mae']:.4f}"),
     ("floor", lambda j: f"{j['noise_floor']['phase']['mae']:.4f}"),
-    ("MAE / null", lambda j: f"{j['phase']['mae'] / j['null']['phase']['mae']:.2f}"),
-    (
-        "MAE / floor",
-        lambda j: f"{j['phase']['mae'] / j['noise_floor']['phase']['mae']:.1f}",
+    ("MAE / null", lambda j: f"{_ratio(j, 'null'):.2f}"),
+    ("MAE / floor", lambda j: f"{_ratio(j, 'floor'):.1f}"),
+    *(
+        (
+            metric.heading("phase"),
+            lambda j, metric=metric: metric.number.format(j["phase"][metric.name]),
+        )
+        for metric in HEADLINE
+        if metric.name != "mae"
     ),
-    ("phase SSIM", lambda j: f"{j['phase']['ssim']:.3f}"),
-    ("phase FRC 0.5", lambda j: f"{j['phase']['frc_0.5']:.2f}"),
-    ("amplitude MAE", lambda j: f"{j['amplitude']['mae']:.4f}"),
+    (METRIC["mae"].heading("amplitude"), lambda j: f"{j['amplitude']['mae']:.4f}"),
     ("amplitude null", lambda j: f"{j['null']['amplitude']['mae']:.4f}"),
 )
 
@@ -108,7 +124,7 @@ def _measured_table(jobs: Sequence[Job]) -> list[str]:
         ]
         for job in jobs
     ]
-    return _markdown_table(header, rows)
+    return markdown_table(header, rows)
 
 
 def _views_table(jobs: Sequence[Job]) -> list[str]:
@@ -137,7 +153,7 @@ def _views_table(jobs: Sequence[Job]) -> list[str]:
                 *(_fmt(p, "{:.3g}") for p in photons),
             ]
         )
-    return _markdown_table(header, rows, first_text=1)
+    return markdown_table(header, rows, first_number=1)
 
 
 def _flag_lines(jobs: Sequence[Job]) -> list[str]:
@@ -241,7 +257,7 @@ def _positions_table(jobs: Sequence[Job]) -> list[str]:
         ]
         for job in jobs
     ]
-    return _markdown_table(header, rows, first_text=4)
+    return markdown_table(header, rows, first_number=4)
 
 
 def _half_table(jobs: Sequence[Job]) -> list[str]:
@@ -256,7 +272,7 @@ def _half_table(jobs: Sequence[Job]) -> list[str]:
         ]
         for job in jobs
     ]
-    return _markdown_table(header, rows)
+    return markdown_table(header, rows)
 
 
 def _fit_table(jobs: Sequence[Job]) -> list[str]:
@@ -272,18 +288,7 @@ def _fit_table(jobs: Sequence[Job]) -> list[str]:
         ]
         for job in jobs
     ]
-    return _markdown_table(header, rows)
-
-
-def _markdown_table(
-    header: Sequence[str], rows: Sequence[Sequence[str]], first_text: int = 3
-) -> list[str]:
-    align = ["---:" if i >= first_text else "---" for i in range(len(header))]
-    return [
-        "| " + " | ".join(header) + " |",
-        "| " + " | ".join(align) + " |",
-        *("| " + " | ".join(row) + " |" for row in rows),
-    ]
+    return markdown_table(header, rows)
 
 
 def _mean_by_dose(jobs: Sequence[Job], view: str) -> list[tuple[float, float]]:
