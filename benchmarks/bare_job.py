@@ -4,7 +4,7 @@ This is the yardstick the pipeline is measured against, and the per-job script o
 subprocess-per-job orchestrator (``study_vs_subprocess.py``). It mirrors
 ``conf/base/parameters_ptychi_baseline.yml`` (batch 96, Gaussian noise, seed 0, object
 and probe refined, positions fixed, flat object start, float32, ``fft_shift``) and the
-DATA-001 -> pty-chi conversion of ``engines.to_ptychi_inputs``.
+DATA-001 -> pty-chi conversion of ``task.to_ptychi_inputs``.
 
 Usage::
 

@@ -5,7 +5,7 @@ builds the project's LSQML task on synthetic patterns and runs 3 epochs. On the 
 reports the rise of the process's peak resident memory over the job (Linux's VmHWM,
 reset before the job; the patterns are given without a copy, as the pipeline gives
 them); on a GPU, the job's peak allocated and reserved memory as its record has them
-(``engines.run_engine``) and what ``nvidia-smi`` says the process holds after the job
+(``task.run_engine``) and what ``nvidia-smi`` says the process holds after the job
 (its CUDA context: the job's memory is given back by then). Beside each: the estimate,
 with and without the CUDA context.
 
@@ -42,13 +42,13 @@ def measure(patterns: int, size: int, batch: int, side: int, device: str) -> dic
     """In this (fresh) process: the job's memory, as the module docstring says."""
     import numpy as np
 
-    from fly64_recon.pipelines.ptychi_baseline import engines
+    from fly64_recon.pipelines.ptychi_baseline import engines, task
 
     rng = np.random.default_rng(0)
     axis = np.arange(size) - size / 2
     probe = np.exp(-(axis[:, None] ** 2 + axis[None, :] ** 2) / (2 * (size / 6) ** 2))
     span = side - size - 4
-    inputs = engines.PtychiInputs(
+    inputs = task.PtychiInputs(
         intensities=rng.poisson(10, (patterns, size, size)).astype(np.float32),
         object_init=np.ones((1, side, side), np.complex64),
         probe_init=probe.astype(np.complex64)[None, None],
@@ -70,7 +70,7 @@ def measure(patterns: int, size: int, batch: int, side: int, device: str) -> dic
     )
     Path("/proc/self/clear_refs").write_text("5")  # peak RSS from here
     before = _status_mib("VmRSS:")
-    result = engines.run_engine(inputs, options, device)
+    result = task.run_engine(inputs, options, device)
     measured = {"rss_rise_mib": _status_mib("VmHWM:") - before}
     if device == "cuda":
         measured |= {

@@ -1,7 +1,7 @@
 """Host-device synchronisations per LSQML batch: pty-chi's per-pattern loader vs batched.
 
 One synthetic LSQML job (a random object, a Gaussian probe, positions on a jittered
-grid, patterns |FFT(probe * patch)|² converted by ``engines.to_ptychi_inputs``), with the
+grid, patterns |FFT(probe * patch)|² converted by ``task.to_ptychi_inputs``), with the
 baseline's options through ``engines.build_options`` (batch 96, Gaussian noise, seed 0,
 object and probe refined, float32, ``fft_shift=False``), for each setting: the patterns
 on the host or on the device (``save_data_on_device``; on a CPU both are the CPU, so
@@ -88,7 +88,7 @@ def settings(device: str) -> list[Setting]:
 
 def synthetic_inputs(patterns: int, size: int, seed: int = 0) -> Any:
     """A random object scanned on a jittered square grid, in pty-chi's conventions."""
-    from fly64_recon.pipelines.ptychi_baseline import engines
+    from fly64_recon.pipelines.ptychi_baseline import task
 
     rng = np.random.default_rng(seed)
     side, step = math.isqrt(patterns - 1) + 1, max(size // 8, 1)
@@ -110,16 +110,16 @@ def synthetic_inputs(patterns: int, size: int, seed: int = 0) -> Any:
     )
     # DATA-001 stores centred amplitudes; to_ptychi_inputs squares and un-centres them.
     amplitudes = np.abs(np.fft.fftshift(np.fft.fft2(probe * patches), axes=(-2, -1)))
-    return engines.to_ptychi_inputs(
+    return task.to_ptychi_inputs(
         amplitudes.astype(np.float32), probe, obj, xs, ys, 1.0, "flat"
     )
 
 
 def new_task(inputs: Any, args: argparse.Namespace, setting: Setting) -> Any:
-    """The baseline's LSQML task, built as ``engines.run_engine`` builds it."""
+    """The baseline's LSQML task, built as ``task.run_engine`` builds it."""
     from ptychi.api.task import PtychographyTask
 
-    from fly64_recon.pipelines.ptychi_baseline import engines, loader
+    from fly64_recon.pipelines.ptychi_baseline import engines, loader, task
 
     params = {
         "reconstructor_options": {
@@ -134,7 +134,7 @@ def new_task(inputs: Any, args: argparse.Namespace, setting: Setting) -> Any:
         "data_options": {"save_data_on_device": setting.on_device},
     }
     options = engines.build_options(engines.ENGINES["LSQML"], params, args.device)
-    task = PtychographyTask(options, **engines.task_data(inputs))
+    task = PtychographyTask(options, **task.task_data(inputs))
     return loader.batched(task) if setting.batched else task
 
 

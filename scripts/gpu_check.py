@@ -311,7 +311,7 @@ def smoke(args: argparse.Namespace) -> int:
     import numpy as np  # noqa: PLC0415 - the import time is reported
     import torch  # noqa: PLC0415
 
-    from fly64_recon.pipelines.ptychi_baseline import engines  # noqa: PLC0415
+    from fly64_recon.pipelines.ptychi_baseline import engines, task  # noqa: PLC0415
 
     imported = time.perf_counter() - started
     params = _embedded_params(args.conf)
@@ -334,7 +334,7 @@ def smoke(args: argparse.Namespace) -> int:
             },
             args.device,
         )
-        runs[name] = engines.run_engine(data, options, args.device)
+        runs[name] = task.run_engine(data, options, args.device)
     first = runs["first run"]
     emit(
         f"smoke: torch {torch.__version__}, imports {imported:.1f} s; "
@@ -385,7 +385,7 @@ def _embedded_params(conf: Path) -> dict[str, Any]:
 def _smoke_data(simulate: dict[str, Any]) -> Any:
     """``SMOKE_PATTERNS`` patterns of the embedded study's beam and object."""
     from fly64_recon.contract import read_metadata  # noqa: PLC0415
-    from fly64_recon.pipelines.ptychi_baseline import engines  # noqa: PLC0415
+    from fly64_recon.pipelines.ptychi_baseline import task  # noqa: PLC0415
     from fly64_recon.pipelines.simulate import nodes  # noqa: PLC0415
 
     # The train split is the half of the scan's rows below the middle.
@@ -396,7 +396,7 @@ def _smoke_data(simulate: dict[str, Any]) -> Any:
         probe, obj, nodes.make_scan(params), params, dose=1e4, splits=("train",)
     )
     arrays = next(iter(files.values()))
-    return engines.to_ptychi_inputs(
+    return task.to_ptychi_inputs(
         arrays["diffraction"],
         arrays["probeGuess"],
         arrays["objectGuess"],

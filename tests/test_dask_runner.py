@@ -299,9 +299,9 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_rerun(
 
     def crash_the_first_reconstruction() -> None:
         """In each worker: the first reconstruction to finish an epoch kills it."""
-        from fly64_recon.pipelines.ptychi_baseline import engines  # noqa: PLC0415
+        from fly64_recon.pipelines.ptychi_baseline import task  # noqa: PLC0415
 
-        original = engines.run_engine
+        original = task.run_engine
 
         def crash_once(inputs, options, device, on_epoch, cpu_threads):
             def epoch_done(loss):
@@ -312,7 +312,7 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_rerun(
 
             return original(inputs, options, device, epoch_done, cpu_threads)
 
-        engines.run_engine = crash_once
+        task.run_engine = crash_once
 
     cluster.run(crash_the_first_reconstruction)
     since = time.time()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import baseline_params
 
-from fly64_recon.pipelines.ptychi_baseline import engines
+from fly64_recon.pipelines.ptychi_baseline import engines, task
 from fly64_recon.pipelines.ptychi_baseline.options import BaselineOptions
 
 LSQML = engines.ENGINES["LSQML"]
@@ -132,7 +132,7 @@ def test_a_torchrun_variable_alone_is_hidden_from_pty_chi_while_a_job_runs(
     monkeypatch.setenv(name, "0")
     assert MultiprocessMixin.detect_launcher(None) == "torchrun"  # pty-chi's reading
 
-    with engines._isolated_torch_state("cpu", None):
+    with task._isolated_torch_state("cpu", None):
         assert MultiprocessMixin.detect_launcher(None) is None
     assert os.environ[name] == "0"  # given back
 
@@ -145,10 +145,10 @@ def test_every_launcher_variable_pty_chi_reads_is_covered(monkeypatch):
 
     source = inspect.getsource(MultiprocessMixin.detect_launcher)
     read = set(re.findall(r'"([A-Z_]+)" in env', source))
-    assert read == set(engines.LAUNCHER_ENV)
+    assert read == set(task.LAUNCHER_ENV)
     for name in read:
         monkeypatch.setenv(name, "0")
-    with engines._isolated_torch_state("cpu", None):
+    with task._isolated_torch_state("cpu", None):
         assert MultiprocessMixin.detect_launcher(None) is None
 
 
@@ -208,7 +208,7 @@ def test_probe_modes_are_orthogonal_and_keep_the_probe_and_its_power():
         np.complex64
     )
 
-    modes = engines.probe_modes(probe, 3)
+    modes = task.probe_modes(probe, 3)
 
     assert modes.shape == (1, 3, 16, 16) and modes.dtype == np.complex64
     flat = modes[0].reshape(3, -1)
@@ -218,14 +218,14 @@ def test_probe_modes_are_orthogonal_and_keep_the_probe_and_its_power():
     np.testing.assert_allclose(power / power.sum(), [0.96, 0.02, 0.02], atol=1e-4)
     assert np.max(np.abs(gram - np.diag(np.diag(gram)))) < 1e-4 * power.sum()
     np.testing.assert_allclose(modes[0, 0], probe * np.sqrt(0.96), rtol=1e-4)
-    assert engines.probe_modes(probe, 1).shape == (1, 1, 16, 16)
+    assert task.probe_modes(probe, 1).shape == (1, 1, 16, 16)
 
 
 def test_the_probe_is_rescaled_to_the_patterns_and_the_factor_told():
     probe = np.full((1, 2, 8, 8), 0.1, dtype=np.complex64)
     patterns = np.full((5, 8, 8), 2.0, dtype=np.float32)  # 128 counts per pattern
 
-    scaled, power = engines.rescaled_probe(probe, patterns)
+    scaled, power = task.rescaled_probe(probe, patterns)
 
     assert scaled.shape == probe.shape and scaled.dtype == np.complex64
     # pty-chi's far field is an unnormalised FFT: its total intensity is the data's.
@@ -252,17 +252,17 @@ def test_only_lsqml_with_its_first_epoch_rescale_rescales_the_probe_itself():
 def test_auto_device_is_cpu_without_cuda_with_one_warning(monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger=engines.__name__)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    engines._warn_cpu_fallback.cache_clear()
+    task._warn_cpu_fallback.cache_clear()
 
-    assert engines.resolve_device("auto") == "cpu"
-    assert engines.resolve_device("auto") == "cpu"
+    assert task.resolve_device("auto") == "cpu"
+    assert task.resolve_device("auto") == "cpu"
 
     warnings = [r for r in caplog.records if "no CUDA device" in r.getMessage()]
     assert len(warnings) == 1
     with pytest.raises(RuntimeError, match="no CUDA device"):
-        engines.resolve_device("cuda:1")
+        task.resolve_device("cuda:1")
     with pytest.raises(engines.OptionsError, match="auto, cpu, cuda or cuda:N"):
-        engines.resolve_device("tpu")
+        task.resolve_device("tpu")
 
 
 def test_conversion_to_pty_chi_conventions():
@@ -271,7 +271,7 @@ def test_conversion_to_pty_chi_conventions():
     probe = np.ones((4, 4), dtype=np.complex64)
     x, y = np.array([15.0, 10.5]), np.array([10.0, 12.0])
 
-    flat = engines.to_ptychi_inputs(amplitude, probe, obj, x, y, 2.0, "flat")
+    flat = task.to_ptychi_inputs(amplitude, probe, obj, x, y, 2.0, "flat")
 
     np.testing.assert_allclose(flat.intensities, 36.0)
     assert flat.intensities.dtype == np.float32
@@ -280,12 +280,10 @@ def test_conversion_to_pty_chi_conventions():
     np.testing.assert_array_equal(flat.object_init, 1.0)
     np.testing.assert_allclose(flat.position_x_px, [0.0, -4.5])
     np.testing.assert_allclose(flat.position_y_px, [0.0, 2.0])
-    back = engines.from_ptychi_positions(
-        flat.position_x_px, flat.position_y_px, (20, 30)
-    )
+    back = task.from_ptychi_positions(flat.position_x_px, flat.position_y_px, (20, 30))
     np.testing.assert_allclose(back, (x, y))
 
-    truth = engines.to_ptychi_inputs(amplitude, probe, obj, x, y, 2.0, "ground_truth")
+    truth = task.to_ptychi_inputs(amplitude, probe, obj, x, y, 2.0, "ground_truth")
     np.testing.assert_array_equal(truth.object_init[0], obj)
 
 
@@ -293,7 +291,7 @@ def test_conversion_moves_the_dc_term_to_the_corner():
     amplitude = np.zeros((1, 4, 4), dtype=np.float32)
     amplitude[0, 2, 2] = 3.0  # DATA-001: the DC term at the centre
 
-    inputs = engines.to_ptychi_inputs(
+    inputs = task.to_ptychi_inputs(
         amplitude,
         np.ones((4, 4), np.complex64),
         np.ones((8, 8), np.complex64),
@@ -323,7 +321,7 @@ def test_patterns_stay_on_the_host_unless_the_parameters_say_otherwise():
 
 def test_unknown_object_init_is_refused():
     with pytest.raises(engines.OptionsError, match="flat or ground_truth"):
-        engines.to_ptychi_inputs(
+        task.to_ptychi_inputs(
             np.ones((1, 4, 4), np.float32),
             np.ones((4, 4), np.complex64),
             np.ones((8, 8), np.complex64),
@@ -347,7 +345,7 @@ def test_lsqml_reconstructs_a_known_object_on_cpu(known_object_study, monkeypatc
     device, dtype = torch.get_default_device(), torch.get_default_dtype()
     threads = torch.get_num_threads()
 
-    result = engines.run_engine(inputs, options, "cpu", cpu_threads=1)
+    result = task.run_engine(inputs, options, "cpu", cpu_threads=1)
 
     assert (torch.get_default_device(), torch.get_default_dtype()) == (device, dtype)
     assert torch.get_num_threads() == threads
@@ -365,7 +363,7 @@ def test_lsqml_reconstructs_a_known_object_on_cpu(known_object_study, monkeypatc
 
 def known_inputs(study):
     """The known object's study in pty-chi's conventions, from a flat start."""
-    return engines.to_ptychi_inputs(
+    return task.to_ptychi_inputs(
         study["diffraction"],
         study["probeGuess"],
         study["objectGuess"],
@@ -384,15 +382,15 @@ def phase_error(obj, study, region):
 
 
 def test_the_warm_up_runs_once_per_shape_in_a_process(known_object_study, monkeypatch):
-    monkeypatch.setattr(engines, "_WARMED", set())
+    monkeypatch.setattr(task, "_WARMED", set())
     study = known_object_study
     inputs = known_inputs(study)
     options = engines.build_options(
         LSQML, {"reconstructor_options": {"num_epochs": 30, "batch_size": 16}}, "cpu"
     )
 
-    first = engines.warm_up(inputs, options)
-    again = engines.warm_up(inputs, options)
+    first = task.warm_up(inputs, options)
+    again = task.warm_up(inputs, options)
 
     assert first is not None and first > 0
     assert again is None
@@ -400,4 +398,4 @@ def test_the_warm_up_runs_once_per_shape_in_a_process(known_object_study, monkey
     other_batch = engines.build_options(
         LSQML, {"reconstructor_options": {"batch_size": 8}}, "cpu"
     )
-    assert engines.warm_up(inputs, other_batch) is not None
+    assert task.warm_up(inputs, other_batch) is not None

@@ -46,7 +46,7 @@ from test_reliability import (
 
 from fly64_recon.datasets import atomic
 from fly64_recon.hooks import JobsFailedError
-from fly64_recon.pipelines.ptychi_baseline import engines
+from fly64_recon.pipelines.ptychi_baseline import task
 from fly64_recon.study import Job, StudyDesign
 
 pytestmark = pytest.mark.e2e
@@ -405,10 +405,10 @@ def test_gpu_out_of_memory_fails_its_job_with_advice_and_the_rest_run(
     study = study.with_artifacts(tmp_path / "artifacts")
     victim = Job(1000.0, "sparse", "train")  # the only job with its positions
     victim_arrays = load_npz(study.input_path(victim))
-    real_run = engines.run_engine
+    real_run = task.run_engine
 
     def out_of_memory_for_the_victim(inputs, options, device, on_epoch, cpu_threads):
-        x, y = engines.from_ptychi_positions(
+        x, y = task.from_ptychi_positions(
             inputs.position_x_px, inputs.position_y_px, inputs.object_init.shape[1:]
         )
         victim_x, victim_y = victim_arrays["xcoords"], victim_arrays["ycoords"]
@@ -418,7 +418,7 @@ def test_gpu_out_of_memory_fails_its_job_with_advice_and_the_rest_run(
             )
         return real_run(inputs, options, device, on_epoch, cpu_threads)
 
-    monkeypatch.setattr(engines, "run_engine", out_of_memory_for_the_victim)
+    monkeypatch.setattr(task, "run_engine", out_of_memory_for_the_victim)
 
     with pytest.raises(JobsFailedError, match=f"1 of 6 .*\n  - {victim.namespace}: "):
         run_in_process(tiny_kedro_project, study, ["dose_1e3"], monkeypatch)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fly64_recon.pipelines.ptychi_baseline import engines
+from fly64_recon.pipelines.ptychi_baseline import engines, task
 from fly64_recon.pipelines.ptychi_baseline.loader import BatchedDataset, batched
 
 LSQML = engines.ENGINES["LSQML"]
@@ -31,7 +31,7 @@ def synthetic_inputs(side: int = 16, size: int = 32, step: int = 4, seed: int = 
         ]
     )
     amplitudes = np.abs(np.fft.fftshift(np.fft.fft2(probe * patches), axes=(-2, -1)))
-    return engines.to_ptychi_inputs(
+    return task.to_ptychi_inputs(
         amplitudes.astype(np.float32), probe, obj, xs, ys, 1.0, "flat"
     )
 
@@ -54,16 +54,16 @@ def lsqml_options(epochs: int, batching_mode: str = "random"):
 
 
 def new_task(inputs, options):
-    """A built pty-chi task, as ``engines.run_engine`` builds it."""
+    """A built pty-chi task, as ``task.run_engine`` builds it."""
     from ptychi.api.task import PtychographyTask
 
-    return PtychographyTask(options, **engines.task_data(inputs))
+    return PtychographyTask(options, **task.task_data(inputs))
 
 
 @pytest.fixture(autouse=True)
 def torch_state():
     """A task sets torch's default device and dtype and seeds every generator."""
-    with engines._isolated_torch_state("cpu", None):
+    with task._isolated_torch_state("cpu", None):
         yield
 
 
@@ -148,7 +148,7 @@ def test_every_engines_reconstruction_is_bit_identical_on_the_cpu(
     }
     options = engines.build_options(engine, params, "cpu")
     rescale = not engines.rescales_probe_itself(engine, options)
-    start, _ = engines.starting_probe(inputs, 1, rescale)
+    start, _ = task.starting_probe(inputs, 1, rescale)
 
     expected = reconstruct(start, options, batched_loader=False)
     got = reconstruct(start, options, batched_loader=True)

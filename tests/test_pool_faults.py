@@ -25,9 +25,9 @@ INJECT_FAULTS = textwrap.dedent(
     import signal
     from pathlib import Path
 
-    from fly64_recon.pipelines.ptychi_baseline import engines
+    from fly64_recon.pipelines.ptychi_baseline import task
 
-    real = engines.run_engine
+    real = task.run_engine
     marks = Path(os.environ["FLY64_FAULT_MARKS"])
 
 
@@ -48,7 +48,7 @@ INJECT_FAULTS = textwrap.dedent(
         return real(inputs, options, device, on_epoch, cpu_threads)
 
 
-    engines.run_engine = run_engine
+    task.run_engine = run_engine
     """
 )
 KILLED = "dose_1e3.sparse.test"

@@ -11,7 +11,7 @@ from conftest import baseline_params, merged, simulate_phase_c, tiny_simulate_pa
 
 from fly64_recon import devices
 from fly64_recon.datasets import JobArtifacts, JobFolderDataset, NPZSource, npz_bytes
-from fly64_recon.pipelines.ptychi_baseline import engines, nodes
+from fly64_recon.pipelines.ptychi_baseline import nodes, task
 from fly64_recon.pipelines.ptychi_baseline.options import BaselineOptions
 from fly64_recon.record import JobStatus, after_lost_worker
 from fly64_recon.science.scoring import has_ground_truth
@@ -140,7 +140,7 @@ def test_a_fresh_job_reconstructs_then_a_rerun_is_cached(source, empty_folder):
 
 
 def test_dry_run_plans_without_reconstructing(source, empty_folder, monkeypatch):
-    monkeypatch.setattr(engines, "run_engine", pytest.fail)
+    monkeypatch.setattr(task, "run_engine", pytest.fail)
     checked = nodes.validate_input(source, {**PARAMS, "dry_run": True}, JOB)
 
     out = nodes.reconstruct(checked, empty_folder.load())
@@ -155,7 +155,7 @@ def test_divergence_fails_the_job_and_saves_no_result(
         on_epoch(np.array([1.0]))
         on_epoch(np.array([1.0, float("nan")]))
 
-    monkeypatch.setattr(engines, "run_engine", diverge)
+    monkeypatch.setattr(task, "run_engine", diverge)
     checked = nodes.validate_input(source, PARAMS, JOB)
 
     out = nodes.reconstruct(checked, empty_folder.load())
@@ -169,7 +169,7 @@ def test_out_of_memory_fails_with_advice(source, empty_folder, monkeypatch):
     def oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
 
-    monkeypatch.setattr(engines, "run_engine", oom)
+    monkeypatch.setattr(task, "run_engine", oom)
     checked = nodes.validate_input(source, PARAMS, JOB)
 
     out = nodes.reconstruct(checked, empty_folder.load())
@@ -184,7 +184,7 @@ def test_out_of_memory_advice_names_workers_per_gpu_and_patterns_on_the_host(
     def oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
 
-    monkeypatch.setattr(engines, "run_engine", oom)
+    monkeypatch.setattr(task, "run_engine", oom)
     out = nodes.reconstruct(
         nodes.validate_input(source, PARAMS, JOB), empty_folder.load()
     )
@@ -200,7 +200,7 @@ def test_a_cuda_error_fails_the_job_and_tells_the_runner(
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    monkeypatch.setattr(engines, "run_engine", broken)
+    monkeypatch.setattr(task, "run_engine", broken)
     monkeypatch.setattr(devices, "_LOST", {})
     out = nodes.reconstruct(
         nodes.validate_input(source, PARAMS, JOB), empty_folder.load()
@@ -214,7 +214,7 @@ def test_a_cuda_error_fails_the_job_and_tells_the_runner(
 def test_a_job_whose_worker_died_fails_with_how_and_does_not_run_again(
     source, empty_folder, monkeypatch
 ):
-    monkeypatch.setattr(engines, "run_engine", pytest.fail)
+    monkeypatch.setattr(task, "run_engine", pytest.fail)
     checked = nodes.validate_input(source, PARAMS, JOB)
     how = "the worker process running it (gpu0-2) was killed (SIGKILL ...)"
 

@@ -24,7 +24,7 @@ from fly64_recon import devices
 from fly64_recon.contract import ContractError, read_metadata, validate
 from fly64_recon.datasets.job_folder import JobArtifacts
 from fly64_recon.datasets.npz import NPZFormatError, NPZSource
-from fly64_recon.pipelines.ptychi_baseline import engines
+from fly64_recon.pipelines.ptychi_baseline import engines, task
 from fly64_recon.pipelines.ptychi_baseline.figures import job_figure
 from fly64_recon.pipelines.ptychi_baseline.options import BaselineOptions
 from fly64_recon.record import (
@@ -165,60 +165,108 @@ def _run_job(
     checked: CheckedInput, record: JobRecord
 ) -> tuple[JobRecord, dict[str, np.ndarray] | None]:
     """Reconstruct; the record says how it ended, the arrays are there on success."""
-    arrays, options = checked.arrays, checked.options
-    total = len(arrays["diffraction"])
-    indices = subsample(total, options)
-    rows = _rows(indices, total)
-    record = replace(
+    indices = subsample(len(checked.arrays["diffraction"]), checked.options)
+    record = started(checked, record, indices)
+    rule = stopping_rule(checked.options)
+    try:
+        record, plan = set_up(checked, record, _rows(indices, record.n_patterns_total))
+        result, halves = reconstructions(plan, checked, rule, record)
+    except Exception as error:  # noqa: BLE001 - any failure is this job's, not the study's
+        return failed(checked, record, error), None
+    return succeeded(record, result, rule), made(
+        result, checked.arrays, indices, halves
+    )
+
+
+def started(checked: CheckedInput, record: JobRecord, indices: np.ndarray) -> JobRecord:
+    """The record of a job that starts: its patterns, halves, start time, warnings."""
+    options = checked.options
+    for warning in engine_warnings(options):
+        logger.warning("%s: %s", checked.job.namespace, warning)
+    return replace(
         record,
         n_patterns=len(indices),
-        n_patterns_total=total,
-        half_dataset=options.half_dataset(has_ground_truth(arrays)),
+        n_patterns_total=len(checked.arrays["diffraction"]),
+        half_dataset=options.half_dataset(has_ground_truth(checked.arrays)),
         started_at=_now(),
         warnings=[*record.warnings, *engine_warnings(options)],
     )
-    for warning in engine_warnings(options):
-        logger.warning("%s: %s", checked.job.namespace, warning)
-    rule = options.stopping_rule() if options.engine_spec.loss_is is None else None
-    try:
-        device = engines.resolve_device(options.device)
-        record = replace(record, device=device)
-        ptychi_options = options.ptychi_options(device)
-        record = _ran_with(record, ptychi_options)
-        record = describe_scan(record, arrays, rows, options.illumination_fraction)
-        inputs, power = engine_inputs(checked, rows, ptychi_options)
-        record = replace(record, probe_power_rescale=power)
 
-        def reconstruct_from(part: engines.PtychiInputs) -> engines.EngineResult:
-            result = engines.run_engine(
-                part,
-                ptychi_options,
-                device,
-                EpochMonitor(rule, checked.job.namespace, record.num_epochs),
-                options.cpu_threads,
-            )
-            _check_result(result)
-            return result
 
-        result = reconstruct_from(inputs)
-        halves = (
-            [reconstruct_from(half).object for half in interleaved_halves(inputs)]
-            if record.half_dataset
-            else None
-        )
-    except Exception as error:  # noqa: BLE001 - any failure is this job's, not the study's
-        # The traceback goes to the job's and the run's logs; the console says the
-        # job failed, and why, in one line (the record's reason).
-        logger.info("%s failed:\n%s", checked.job.namespace, traceback.format_exc())
-        reason = failure_reason(error, record)
-        failed = replace(
-            record, status=JobStatus.FAILED, reason=reason, finished_at=_now()
-        )
-        return failed, None
-    x, y = engines.from_ptychi_positions(
-        result.position_x_px, result.position_y_px, arrays["objectGuess"].shape
+def stopping_rule(options: BaselineOptions) -> StoppingRule | None:
+    """The convergence rule, for an engine whose loss is a data misfit (else none)."""
+    return options.stopping_rule() if options.engine_spec.loss_is is None else None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a job runs: where, with which pty-chi options, on which inputs."""
+
+    device: str
+    ptychi_options: Any
+    inputs: task.PtychiInputs
+
+
+def set_up(
+    checked: CheckedInput, record: JobRecord, rows: np.ndarray | slice
+) -> tuple[JobRecord, Plan]:
+    """The device, pty-chi's options and the inputs; the record with what they are and
+    with the scan as the beam saw it."""
+    options = checked.options
+    device = task.resolve_device(options.device)
+    ptychi_options = options.ptychi_options(device)
+    scan = scan_fields(checked, rows)
+    inputs, power = engine_inputs(checked, rows, ptychi_options)
+    record = replace(
+        record,
+        device=device,
+        **ran_with(ptychi_options),
+        **scan,
+        warnings=[*record.warnings, *scan_warnings(record.namespace, scan["overlap"])],
+        probe_power_rescale=power,
     )
-    succeeded = replace(
+    return record, Plan(device, ptychi_options, inputs)
+
+
+def reconstructions(
+    plan: Plan,
+    checked: CheckedInput,
+    rule: StoppingRule | None,
+    record: JobRecord,
+) -> tuple[task.EngineResult, list[np.ndarray] | None]:
+    """The job's reconstruction, and the two from interleaved halves if it makes them."""
+
+    def reconstruct_from(part: task.PtychiInputs) -> task.EngineResult:
+        result = task.run_engine(
+            part,
+            plan.ptychi_options,
+            plan.device,
+            EpochMonitor(rule, checked.job.namespace, record.num_epochs),
+            checked.options.cpu_threads,
+        )
+        _check_result(result)
+        return result
+
+    result = reconstruct_from(plan.inputs)
+    if not record.half_dataset:
+        return result, None
+    return result, [reconstruct_from(h).object for h in interleaved_halves(plan.inputs)]
+
+
+def failed(checked: CheckedInput, record: JobRecord, error: Exception) -> JobRecord:
+    """The record of a job whose run raised: its reason in one line."""
+    # The traceback goes to the job's and the run's logs; the console says the job
+    # failed, and why, in one line (the record's reason).
+    logger.info("%s failed:\n%s", checked.job.namespace, traceback.format_exc())
+    reason = failure_reason(error, record)
+    return replace(record, status=JobStatus.FAILED, reason=reason, finished_at=_now())
+
+
+def succeeded(
+    record: JobRecord, result: task.EngineResult, rule: StoppingRule | None
+) -> JobRecord:
+    """The record of a job that reconstructed: where, how long, how it ended."""
+    return replace(
         record,
         status=JobStatus.SUCCEEDED,
         device=result.device,
@@ -230,7 +278,19 @@ def _run_job(
         **ending(rule, result.loss),
         finished_at=_now(),
     )
-    made = {
+
+
+def made(
+    result: task.EngineResult,
+    arrays: Mapping[str, np.ndarray],
+    indices: np.ndarray,
+    halves: list[np.ndarray] | None,
+) -> dict[str, np.ndarray]:
+    """The reconstruction's arrays, positions back in the input's frame."""
+    x, y = task.from_ptychi_positions(
+        result.position_x_px, result.position_y_px, arrays["objectGuess"].shape
+    )
+    found = {
         "reconstructed_object": result.object.astype(np.complex64),
         "reconstructed_probe": result.probe.astype(np.complex64),
         "xcoords": x,
@@ -239,17 +299,17 @@ def _run_job(
         "loss": result.loss,
     }
     if halves is not None:
-        made["half_objects"] = np.stack(halves).astype(np.complex64)
-    return succeeded, made
+        found["half_objects"] = np.stack(halves).astype(np.complex64)
+    return found
 
 
 def engine_inputs(
     checked: CheckedInput, rows: np.ndarray | slice, ptychi_options: Any
-) -> tuple[engines.PtychiInputs, float | None]:
+) -> tuple[task.PtychiInputs, float | None]:
     """The job's patterns and positions, starting object and probe, in pty-chi's
     conventions; the factor the probe's power was scaled by (None: not rescaled)."""
     arrays, options = checked.arrays, checked.options
-    inputs = engines.to_ptychi_inputs(
+    inputs = task.to_ptychi_inputs(
         arrays["diffraction"][rows],
         arrays["probeGuess"],
         arrays["objectGuess"],
@@ -259,7 +319,7 @@ def engine_inputs(
         options.object_init,
     )
     rescale = not engines.rescales_probe_itself(options.engine_spec, ptychi_options)
-    inputs, power = engines.starting_probe(inputs, options.probe_modes, rescale)
+    inputs, power = task.starting_probe(inputs, options.probe_modes, rescale)
     if power is not None:
         logger.info(
             "%s: probe power x %.4g to match the patterns (pty-chi's rescale_probe, "
@@ -271,17 +331,16 @@ def engine_inputs(
     return inputs, power
 
 
-def _ran_with(record: JobRecord, ptychi_options: Any) -> JobRecord:
-    """The record with what pty-chi ran with, its defaults included (no batch size for
-    an engine that updates with every position at once)."""
+def ran_with(ptychi_options: Any) -> dict[str, Any]:
+    """The record's fields of what pty-chi ran with, its defaults included (no batch
+    size for an engine that updates with every position at once)."""
     ran = ptychi_options.reconstructor_options
     batches = ran.get_reconstructor_type().name not in engines.NO_MINIBATCHES
-    return replace(
-        record,
-        num_epochs=ran.num_epochs,
-        batch_size=ran.batch_size if batches else None,
-        position_correction=bool(ptychi_options.probe_position_options.optimizable),
-    )
+    return {
+        "num_epochs": ran.num_epochs,
+        "batch_size": ran.batch_size if batches else None,
+        "position_correction": bool(ptychi_options.probe_position_options.optimizable),
+    }
 
 
 def ending(rule: StoppingRule | None, loss: np.ndarray) -> dict[str, Any]:
@@ -318,13 +377,10 @@ class EpochMonitor:
         return self.rule is not None and self.rule.should_stop(loss)
 
 
-def describe_scan(
-    record: JobRecord,
-    arrays: Mapping[str, np.ndarray],
-    rows: np.ndarray | slice,
-    fraction: float,
-) -> JobRecord:
-    """The record with the job's measured overlap and photons (a warning at no overlap)."""
+def scan_fields(checked: CheckedInput, rows: np.ndarray | slice) -> dict[str, Any]:
+    """The record's fields of the job's scan as the beam saw it: probe diameter,
+    measured overlap, photons per pattern and per unit area."""
+    arrays = checked.arrays
     scale = float(read_metadata(arrays).get("intensity_scale", 1.0))
     photons = photons_per_pattern(arrays["diffraction"][rows], scale)
     scan = beam.describe_scan(
@@ -333,22 +389,26 @@ def describe_scan(
         arrays["ycoords"][rows],
         arrays["objectGuess"].shape,
         photons,
-        fraction,
+        checked.options.illumination_fraction,
     )
-    warning = beam.overlap_warning(scan["overlap"])
-    if warning:
-        logger.warning("%s: %s", record.namespace, warning)
-    return replace(
-        record,
-        probe_diameter_px=scan["probe_diameter_px"],
-        overlap=scan["overlap"],
-        photons_per_pattern=photons,
-        photons_per_px2=scan["photons_per_px2"],
-        warnings=[*record.warnings, *([warning] if warning else [])],
-    )
+    return {
+        "probe_diameter_px": scan["probe_diameter_px"],
+        "overlap": scan["overlap"],
+        "photons_per_pattern": photons,
+        "photons_per_px2": scan["photons_per_px2"],
+    }
 
 
-def interleaved_halves(inputs: engines.PtychiInputs) -> list[engines.PtychiInputs]:
+def scan_warnings(namespace: str, overlap: float) -> list[str]:
+    """A warning when the scan's footprints do not overlap, logged and returned."""
+    warning = beam.overlap_warning(overlap)
+    if not warning:
+        return []
+    logger.warning("%s: %s", namespace, warning)
+    return [warning]
+
+
+def interleaved_halves(inputs: task.PtychiInputs) -> list[task.PtychiInputs]:
     """The even and the odd patterns, each a reconstruction's input of its own."""
     return [
         replace(
@@ -379,7 +439,7 @@ def _check_finite(epoch: int, loss: float) -> None:
         raise DivergedError(f"reconstruction diverged: loss is {loss} at epoch {epoch}")
 
 
-def _check_result(result: engines.EngineResult) -> None:
+def _check_result(result: task.EngineResult) -> None:
     for name in ("object", "probe"):
         if not np.isfinite(getattr(result, name)).all():
             raise DivergedError(f"reconstruction diverged: the {name} has NaN or Inf")
