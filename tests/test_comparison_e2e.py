@@ -38,10 +38,13 @@ EPIE_RUN = (
 MARGIN = 12  # px around the lit region's bounding box: more than the shift's padding
 
 
-def kedro(project: Path, *args: str) -> None:
-    """``kedro <args>`` in the tiny environment; the run must succeed."""
-    result = run_kedro(project, *args, env={"KEDRO_ENV": TINY_ENV}, timeout=600)
+def kedro(project: Path, *args: str) -> str:
+    """``kedro <args>`` in the tiny environment; the run must succeed; its console."""
+    result = run_kedro(
+        project, *args, env={"KEDRO_ENV": TINY_ENV, "COLUMNS": "120"}, timeout=600
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
 
 
 def blurred(image: np.ndarray) -> np.ndarray:
@@ -117,7 +120,8 @@ def project(tmp_path_factory) -> Path:
         f"{EPIE_ARTIFACTS}/dose_{{dose}}/{{view}}/{{split}}/ptychi_reconstruction.npz"
     )
     globals_file.write_text(yaml.safe_dump(declared))
-    kedro(root, "run", "--pipeline", "comparison")
+    console = kedro(root, "run", "--pipeline", "comparison")
+    (root / "comparison_console.txt").write_text(console)
     return root
 
 
@@ -142,6 +146,25 @@ def test_every_output_is_written(project):
     assert "| 1e5 | dense | test | `full` |" in report
     assert "`partial`: missing: no file at" in report
     assert "`broken`: failed:" in report
+
+
+def test_the_console_ends_with_the_models_against_pty_chi(project):
+    lines = (project / "comparison_console.txt").read_text().strip().splitlines()
+
+    assert lines[0].startswith("Run finished in ")
+    assert lines[0].endswith("models compared with the pty-chi baseline.")
+    start = lines.index(
+        "Models against pty-chi: phase MAE, model / pty-chi, mean over splits "
+        "(below 1: the model is better)"
+    )
+    table = lines[start + 1 : start + 14]
+    full = [line.split() for line in table if line.startswith("full")]
+    assert [row[:2] for row in full] == [["full", "baseline"], ["full", "dense"]]
+    assert all(float(row[2].rstrip("x")) < 1 for row in full)  # the stand-in is better
+    assert "partial: no file for 1 job(s): dose_1e5.dense.test" in lines
+    assert "broken: a file that could not be scored for 1 job(s): " in "\n".join(lines)
+    assert not any("WARNING" in line or "Phase MAE (rad)" in line for line in lines)
+    assert any(line.startswith("comparison") for line in lines[-4:])
 
 
 def test_the_stand_in_scores_better_than_the_baseline(project):

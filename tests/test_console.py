@@ -277,3 +277,43 @@ def test_the_summary_names_the_files_the_catalog_writes():
     )
     report = catalog["study_summary.report"]["filepath"]
     assert report.endswith("${globals:reporting_root}}/" + console_module.REPORT_FILE)
+
+
+def _compared(model: str, view: str, split: str, status: str, mae: str = "") -> dict:
+    return {
+        "dose": "10000.0",
+        "view": view,
+        "split": split,
+        "model": model,
+        "metric": "mae" if status == "scored" else "",
+        "phase": mae,
+        "status": status,
+    }
+
+
+def test_a_run_that_compared_models_ends_with_them_against_pty_chi():
+    compared = [
+        _compared("ptychi", "dense", "test", "scored", "0.2"),
+        _compared("ptychi", "dense", "train", "scored", "0.4"),
+        _compared("pinn", "dense", "test", "scored", "0.1"),
+        _compared("pinn", "dense", "train", "scored", "0.2"),
+        _compared("pinn", "sparse", "test", "missing"),
+        _compared("tike", "dense", "test", "failed"),
+    ]
+    manifest = {"jobs": [manifest_entry(JOBS[0], 0.3)]}
+
+    lines = closing_summary(StudyProgress([]), manifest, {}, compared=compared)
+
+    assert lines[0].endswith(": models compared with the pty-chi baseline.")
+    assert not any(line.startswith("Phase MAE") for line in lines)  # not the study's
+    start = lines.index(
+        "Models against pty-chi: phase MAE, model / pty-chi, mean over splits "
+        "(below 1: the model is better)"
+    )
+    assert lines[start + 1].split() == ["model", "view", "dose", "1e4"]
+    assert lines[start + 2].split() == ["pinn", "dense", "0.50x"]
+    assert "pinn: no file for 1 job(s): dose_1e4.sparse.test" in lines
+    assert (
+        "tike: a file that could not be scored for 1 job(s): dose_1e4.dense.test"
+        in lines
+    )

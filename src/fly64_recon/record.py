@@ -1,4 +1,6 @@
-"""A job's record (what ran, with what, how long, how well) and where a job stands.
+"""A job's record (what ran, with what, how long, how well), where a job stands
+(``JobStatus``), where a score of it stands (``ScoreStatus``), and its epochs as it
+reports them.
 
 ``job.json``, the NPZ's provenance and the job's manifest entry are this record as JSON
 (:meth:`JobRecord.to_dict`); :meth:`JobRecord.from_dict` reads them back. A new field
@@ -51,6 +53,22 @@ class JobStatus(str, Enum):
     def has_reconstruction(self) -> bool:
         """Whether the job's folder holds a reconstruction of its input."""
         return self in (JobStatus.SUCCEEDED, JobStatus.CACHED)
+
+
+class ScoreStatus(str, Enum):
+    """Where a score stands; the value is what a score says."""
+
+    SCORED = "scored"
+    MISSING = "missing"  # no reconstruction to score
+    FAILED = "failed"  # a reconstruction that could not be scored (its file, an error)
+    NOT_SCORED = "not_scored"  # nothing to score against: no ground truth
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# The pty-chi reconstruction of a job, among the scored models of the comparison.
+BASELINE = "ptychi"
 
 
 # The statuses a record can have, in the order the manifest counts them.

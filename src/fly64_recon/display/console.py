@@ -12,6 +12,7 @@ the jobs' starts and records come from the hooks.
 from __future__ import annotations
 
 import atexit
+import csv
 import json
 import logging
 import threading
@@ -37,6 +38,9 @@ PLAIN_EVERY_S = 10.0
 SHOWN_RUNNING = 8  # running jobs listed by name; the others are counted
 MANIFEST_FILE = "reconstruction_manifest.json"  # catalog.yml: manifest_entry
 REPORT_FILE = "study_summary.md"  # catalog_evaluation.yml: study_summary.report
+# catalog_comparison.yml: comparison_summary.metrics_table and .report
+COMPARISON_TABLE_FILE = "comparison_metrics.csv"
+COMPARISON_REPORT_FILE = "comparison_summary.md"
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,18 @@ class RunPaths:
     @property
     def report(self) -> Path | None:
         return self.reporting_root / REPORT_FILE if self.reporting_root else None
+
+    @property
+    def comparison_table(self) -> Path | None:
+        if self.reporting_root is None:
+            return None
+        return self.reporting_root / COMPARISON_TABLE_FILE
+
+    @property
+    def comparison_report(self) -> Path | None:
+        if self.reporting_root is None:
+            return None
+        return self.reporting_root / COMPARISON_REPORT_FILE
 
     @property
     def logs(self) -> Path | None:
@@ -299,14 +315,16 @@ class StudyRun:
         self._end_view()
         atexit.unregister(self._end_view)
         logging.getLogger(PROGRESS_LOGGER).removeHandler(self._epochs)
+        compared = read_csv_since(self._paths.comparison_table, self._opened_at)
         where = {
             "report": self._paths.report,
+            "comparison": self._paths.comparison_report if compared else None,
             "manifest": self._paths.manifest,
             "log": self._log.path if self._log else None,
         }
         manifest = read_json(self._paths.manifest)
         summary = closing_summary(
-            self.progress, manifest, where, error, self._opened_at
+            self.progress, manifest, where, error, self._opened_at, compared
         )
         for line in ["", *summary]:
             self._console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -317,6 +335,17 @@ class StudyRun:
         if self._open:
             self._open = False
             self._view.end()
+
+
+def read_csv_since(path: Path | None, since: float) -> list[dict[str, str]]:
+    """A CSV's rows when this run wrote it (since ``since``, Unix time), else none."""
+    if path is None or not path.exists() or path.stat().st_mtime < since:
+        return []
+    try:
+        with path.open(newline="") as handle:
+            return list(csv.DictReader(handle))
+    except (OSError, ValueError):
+        return []
 
 
 def read_json(path: Path | None) -> dict[str, Any] | None:

@@ -15,8 +15,8 @@ from statistics import fmean
 from typing import Any
 
 from fly64_recon.display.progress import StudyProgress
-from fly64_recon.record import OUTCOMES, JobStatus
-from fly64_recon.study import VIEWS, dose_label
+from fly64_recon.record import BASELINE, OUTCOMES, JobStatus, ScoreStatus
+from fly64_recon.study import VIEWS, Job, dose_label
 
 REASON_WIDTH = 100
 CELL_WIDTH = 17
@@ -30,16 +30,21 @@ def closing_summary(
     where: Mapping[str, Path | None],
     error: BaseException | None = None,
     since: float | None = None,
+    compared: Sequence[Mapping[str, str]] = (),
 ) -> list[str]:
-    """The summary's lines: headline, metric table, failures, where things are.
+    """The summary's lines: headline, metric table, the models compared (``compared``:
+    this run's comparison table, its CSV's rows), failures, where things are.
 
     ``since`` (Unix time) is when the run started: a file in ``where`` not written since
     is marked as an earlier run's.
     """
-    lines = [headline(progress, error)]
-    jobs = manifest.get("jobs", []) if manifest else []
+    lines = [headline(progress, error, bool(compared))]
+    # A run that only compared models shows them, not the baseline's table again.
+    only_compared = compared and not progress.total
+    jobs = manifest.get("jobs", []) if manifest and not only_compared else []
     lines += ["", *metric_table(jobs)] if jobs else []
     lines += flagged(jobs)
+    lines += comparison_lines(compared)
     failures = progress.failures()
     if failures:
         lines += ["", "Failed jobs:"]
@@ -48,7 +53,9 @@ def closing_summary(
     return lines
 
 
-def headline(progress: StudyProgress, error: BaseException | None = None) -> str:
+def headline(
+    progress: StudyProgress, error: BaseException | None = None, compared: bool = False
+) -> str:
     """How the run ended, how long it took, its jobs by status."""
     took = clock(progress.elapsed())
     if error is not None:
@@ -56,7 +63,12 @@ def headline(progress: StudyProgress, error: BaseException | None = None) -> str
     else:
         start = f"Run finished in {took}"
     if not progress.total:
-        return f"{start}: no reconstruction job in this run."
+        what = (
+            "models compared with the pty-chi baseline"
+            if compared
+            else ("no reconstruction job in this run")
+        )
+        return f"{start}: {what}."
     counts = progress.counts()
     parts = [f"{counts[s]} {s}" for s in OUTCOMES if counts[s]]
     missing = progress.total - len(progress.finished)
@@ -126,6 +138,75 @@ def flagged(jobs: Sequence[Mapping[str, Any]], most: int = MOST_FLAGGED) -> list
     more = [f"  ... and {len(rows) - most} more"] if len(rows) > most else []
     title = f"Flagged jobs ({len(rows)}; every flag in the study report):"
     return ["", title, *rows[:most], *more]
+
+
+def comparison_lines(rows: Sequence[Mapping[str, str]]) -> list[str]:
+    """Each model against pty-chi, per view and dose: the ratio of their phase MAE (mean
+    over splits); then, per model, the jobs it has no file for."""
+    if not rows:
+        return []
+    mae = {
+        (row["model"], row["view"], float(row["dose"]), row["split"]): float(
+            row["phase"]
+        )
+        for row in rows
+        if row["status"] == ScoreStatus.SCORED and row["metric"] == "mae"
+    }
+    models = sorted({model for model, *_ in mae} - {BASELINE})
+    doses = sorted({dose for _, _, dose, _ in mae})
+    views = [v for v in VIEWS if any(view == v for _, view, *_ in mae)]
+    lines = [
+        "",
+        "Models against pty-chi: phase MAE, model / pty-chi, mean over splits "
+        "(below 1: the model is better)",
+        "model".ljust(12)
+        + "view".ljust(10)
+        + "".join(f"dose {dose_label(d)}".ljust(CELL_WIDTH) for d in doses).rstrip(),
+    ]
+    for model in models:
+        for view in views:
+            cells = [_ratio_cell(mae, model, view, dose) for dose in doses]
+            if any(c != "-" for c in cells):
+                row = model.ljust(12) + view.ljust(10)
+                lines.append(
+                    (row + "".join(c.ljust(CELL_WIDTH) for c in cells)).rstrip()
+                )
+    for model in sorted({row["model"] for row in rows}):
+        for status, words in UNSCORED_WORDS.items():
+            jobs = [
+                job_name(row)
+                for row in rows
+                if row["model"] == model and row["status"] == status
+            ]
+            if jobs:
+                line = f"{model}: {words} {len(jobs)} job(s): {', '.join(jobs)}"
+                lines.append(first_line(line))
+    return lines
+
+
+# What a model's unscored rows say, a line per model and kind (the reasons are in the
+# comparison report).
+UNSCORED_WORDS = {
+    ScoreStatus.MISSING.value: "no file for",
+    ScoreStatus.FAILED.value: "a file that could not be scored for",
+}
+
+
+def _ratio_cell(
+    mae: Mapping[tuple[str, str, float, str], float], model: str, view: str, dose: float
+) -> str:
+    """``0.82x``: the model's phase MAE over pty-chi's, for the splits both have."""
+    ratios = [
+        value / mae[(BASELINE, view, dose, split)]
+        for (name, v, d, split), value in mae.items()
+        if (name, v, d) == (model, view, dose) and (BASELINE, view, dose, split) in mae
+    ]
+    return f"{fmean(ratios):.2f}x" if ratios else "-"
+
+
+def job_name(row: Mapping[str, str]) -> str:
+    """A comparison row's job, ``dose_1e4.dense.test``."""
+    return Job(float(row["dose"]), row["view"], row["split"]).namespace
 
 
 def phase_mae(job: Mapping[str, Any]) -> float | None:

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 import numpy as np
 
 from fly64_recon.contract import read_metadata
-from fly64_recon.record import JobRecord
+from fly64_recon.record import JobRecord, ScoreStatus
 from fly64_recon.science import beam
 from fly64_recon.science import metrics as m
 
@@ -111,18 +110,6 @@ def photons_per_pattern(diffraction: np.ndarray, intensity_scale: float) -> floa
         )
     )
     return total * intensity_scale**2 / len(diffraction)
-
-
-class ScoreStatus(str, Enum):
-    """Where a score stands; the value is what a score says."""
-
-    SCORED = "scored"
-    MISSING = "missing"  # no reconstruction to score
-    FAILED = "failed"  # a reconstruction that could not be scored (its file, an error)
-    NOT_SCORED = "not_scored"  # nothing to score against: no ground truth
-
-    def __str__(self) -> str:
-        return self.value
 
 
 def unscored(status: ScoreStatus, reason: str) -> dict[str, Any]:

@@ -10,10 +10,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedFormatter, FixedLocator, MaxNLocator, NullLocator
 
-from fly64_recon.pipelines.comparison.models import BASELINE
 from fly64_recon.pipelines.reporting import card
+from fly64_recon.record import BASELINE, ScoreStatus
 from fly64_recon.science.metrics import METRICS
-from fly64_recon.science.scoring import ScoreStatus
 from fly64_recon.study import VIEWS, Job, dose_label
 
 PARTS = ("phase", "amplitude")

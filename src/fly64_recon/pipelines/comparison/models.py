@@ -23,7 +23,8 @@ from collections.abc import Mapping
 import numpy as np
 from scipy import ndimage
 
-BASELINE = "ptychi"  # the pty-chi baseline of the job, in every comparison
+from fly64_recon.record import BASELINE
+
 PLACEHOLDERS = frozenset({"dose", "view", "split", "model"})
 MODEL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 OBJECT_KEY = "reconstructed_object"

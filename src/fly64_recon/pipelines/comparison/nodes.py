@@ -20,13 +20,9 @@ import pandas as pd
 
 from fly64_recon.datasets.job_folder import RECONSTRUCTION_FILE, JobArtifacts
 from fly64_recon.datasets.npz import NPZFormatError, NPZSource
-from fly64_recon.pipelines.comparison.models import (
-    BASELINE,
-    ModelFileError,
-    model_on_grid,
-)
+from fly64_recon.pipelines.comparison.models import ModelFileError, model_on_grid
 from fly64_recon.pipelines.reporting import markdown_table
-from fly64_recon.record import job_fields
+from fly64_recon.record import BASELINE, ScoreStatus, job_fields
 from fly64_recon.science import metrics as m
 from fly64_recon.science.scoring import (
     SCORE_COLUMNS,
@@ -34,7 +30,6 @@ from fly64_recon.science.scoring import (
     TRUTH_MEMBERS,
     Bounds,
     Footing,
-    ScoreStatus,
     has_ground_truth,
     job_footing,
     score,

@@ -22,7 +22,7 @@ import pandas as pd
 from fly64_recon.contract import TRUE_POSITION_KEYS
 from fly64_recon.datasets.job_folder import JobArtifacts
 from fly64_recon.datasets.npz import NPZSource
-from fly64_recon.record import JobRecord, job_fields
+from fly64_recon.record import JobRecord, ScoreStatus, job_fields
 from fly64_recon.science import beam
 from fly64_recon.science import metrics as m
 from fly64_recon.science.convergence import StopReason
@@ -31,7 +31,6 @@ from fly64_recon.science.scoring import (
     TRUTH_MEMBERS,
     Bounds,
     Footing,
-    ScoreStatus,
     has_ground_truth,
     job_footing,
     score,

@@ -12,8 +12,8 @@ from statistics import mean
 from typing import Any
 
 from fly64_recon.pipelines.reporting import markdown_table
+from fly64_recon.record import ScoreStatus
 from fly64_recon.science.metrics import HEADLINE, METRIC
-from fly64_recon.science.scoring import ScoreStatus
 from fly64_recon.study import VIEWS, dose_label
 
 Job = dict[str, Any]
