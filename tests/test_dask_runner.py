@@ -332,6 +332,10 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_rerun(
     assert assert_same_reconstructions(reference, tmp_path / "out" / "dose_1000") == 2
     started = starts_since(cluster, since)
     again = [n for n, k in Counter(m["node"] for m in started).items() if k > 1]
-    assert len(again) == 1 and again[0].endswith(".reconstruct")
-    workers = [m["worker"] for m in started if m["node"] == again[0]]
+    rerun = [name for name in again if name.endswith(".reconstruct")]
+    assert len(rerun) == 1
+    # Dask also reruns what the dead worker held besides (a validate, which writes
+    # nothing), depending on where the scheduler had put it.
+    assert set(again) - set(rerun) <= {n for n in again if n.endswith(".validate")}
+    workers = [m["worker"] for m in started if m["node"] == rerun[0]]
     assert workers[0] != workers[1]
