@@ -10,7 +10,11 @@ from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog, DatasetError
 from test_evaluation_metrics import _object
 
-from fly64_recon.datasets.model_source import ModelSourceDataset, model_filepath
+from fly64_recon.datasets.model_source import (
+    ModelSourceDataset,
+    ObjectKeys,
+    model_filepath,
+)
 from fly64_recon.pipelines.comparison.models import (
     ModelFileError,
     check_models,
@@ -31,7 +35,11 @@ PATH = "/data/pinn/dose_1000/dense/test.npz"
 
 
 def test_declared_models_are_checked_by_name_and_pattern():
-    good = {"pinn": "/d/dose_{dose}/{view}/{split}.npz", "other-1": "{model}/x.npz"}
+    good = {
+        "pinn": "/d/dose_{dose}/{view}/{split}.npz",
+        "other-1": "{model}/x.npz",
+        "pinn2": {"path": "/p/{view}/recon.npz", "object_key": "ptychopinn_complex"},
+    }
 
     assert check_models(good) == good
     assert check_models(None) == {} == check_models({})
@@ -41,6 +49,10 @@ def test_declared_models_are_checked_by_name_and_pattern():
         ({"pinn": ""}, "non-empty string"),
         ({"pinn": "/d/{dose_dir}/x.npz"}, "unknown placeholder(s) ['dose_dir']"),
         ({"pinn": "/d/{dose/x.npz"}, "is not a path pattern"),
+        ({"pinn": {"object_key": "YY_pred"}}, "comparison_models.pinn: no path"),
+        ({"pinn": {"path": "x.npz", "key": "YY_pred"}}, "unknown key(s) ['key']"),
+        ({"pinn": {"path": "x.npz", "phase_key": 3}}, "pinn.phase_key must be a"),
+        ({"pinn": ["x.npz"]}, "a path pattern, or a mapping of path, object_key"),
     ]:
         with pytest.raises(ValueError, match="comparison_models") as error:
             check_models(models)
@@ -246,7 +258,10 @@ def test_the_catalog_fills_each_jobs_pattern(tmp_path):
     for name in ("catalog_comparison.yml", "globals.yml"):
         (conf / "base" / name).write_text((PROJECT / "conf/base" / name).read_text())
     models = {
-        "pinn": "/data/pinn/dose_{dose}/{view}/{split}.npz",
+        "pinn": {
+            "path": "/data/pinn/dose_{dose}/{view}/{split}.npz",
+            "object_key": "ptychopinn_complex",
+        },
         "mine": "out/{model}_{view}_{split}.npz",
     }
     (conf / "local").mkdir()
@@ -270,6 +285,11 @@ def test_the_catalog_fills_each_jobs_pattern(tmp_path):
         "comparison__pinn__dose_1000__sparse__train": "/data/pinn/dose_1000/sparse/train.npz",
         "comparison__mine__dose_10000__baseline__test": "out/mine_baseline_test.npz",
     }
+    pinn = catalog.load("comparison__pinn__dose_10000__dense__test").keys
+    assert pinn == ObjectKeys(object="ptychopinn_complex")
+    assert catalog.load("comparison__mine__dose_10000__baseline__test").keys == (
+        ObjectKeys()
+    )
 
 
 def test_the_dask_environment_persists_what_crosses_between_comparison_nodes(tmp_path):

@@ -11,6 +11,7 @@ from scipy import ndimage
 from test_evaluation_metrics import _noisy, _object
 
 from fly64_recon.datasets import JobArtifacts, NPZSource, npz_bytes
+from fly64_recon.datasets.model_source import ModelSource, ObjectKeys
 from fly64_recon.pipelines.comparison import create_pipeline, figures, nodes
 from fly64_recon.pipelines.evaluation import nodes as evaluation
 from fly64_recon.science import metrics as m
@@ -50,9 +51,10 @@ def _arrays(reconstruction: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def _write(path: Path, arrays: dict) -> NPZSource:
+def _write(path: Path, arrays: dict, **keys: str) -> ModelSource:
+    """A file; as a model's, its object under ``keys`` (the defaults without)."""
     path.write_bytes(npz_bytes(arrays))
-    return NPZSource(str(path))
+    return ModelSource(str(path), keys=ObjectKeys(**keys))
 
 
 def _source(tmp_path: Path, truth: np.ndarray = TRUTH, **metadata) -> NPZSource:
@@ -97,7 +99,22 @@ def compared(tmp_path_factory):
             tmp / "ptychi_reconstruction.npz",
             {**BASELINE.arrays, "provenance": np.array("{}")},
         ),
-        "absent": NPZSource(str(tmp / "absent.npz")),
+        "pinn": _write(
+            tmp / "reconstructions.npz",
+            {
+                "ptychopinn_complex": BLURRED,
+                "ptychopinn_amplitude": np.abs(BLURRED),
+                "baseline_complex": TRUTH,
+            },
+            object="ptychopinn_complex",
+        ),
+        "parts": _write(
+            tmp / "parts.npz",
+            {"amp": np.abs(BLURRED), "ph": np.angle(BLURRED)},
+            amplitude="amp",
+            phase="ph",
+        ),
+        "absent": ModelSource(str(tmp / "absent.npz")),
         "broken": _write(tmp / "broken.npz", {"amplitude": np.ones(SHAPE, dtype=int)}),
     }
     result, images = compare(
@@ -115,6 +132,8 @@ def test_the_stand_in_scores_better_than_the_baseline(compared):
         "blurred",
         "crop",
         "copy",
+        "pinn",
+        "parts",
         "absent",
         "broken",
     ]
@@ -150,6 +169,18 @@ def test_a_crop_with_its_offset_scores_as_the_full_grid(compared):
     assert entries["crop"]["alignment"] == entries["blurred"]["alignment"]
 
 
+def test_a_file_read_under_its_own_keys_scores_as_a_reconstructed_object(compared):
+    """PtychoPINN's reconstructions.npz (ptychopinn_complex) and an amplitude/phase
+    pair under other names, read as they are."""
+    _, _, entries = compared
+    blurred = _scores(entries["blurred"])
+
+    assert _scores(entries["pinn"]) == blurred
+    parts = _scores(entries["parts"])
+    for key, value in blurred.items():
+        assert parts[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+
+
 def test_a_ptychi_reconstruction_compared_as_a_model_scores_as_the_baseline(compared):
     _, _, entries = compared
 
@@ -168,7 +199,10 @@ def test_a_missing_file_is_missing_and_a_broken_one_failed_with_file_and_key(com
     assert entries["broken"]["status"] == "failed"
     assert "broken.npz: no key 'reconstructed_object'" in entries["broken"]["reason"]
     assert "'amplitude'" in entries["broken"]["reason"]
-    assert set(images) == {"truth", "mask", "ptychi", "blurred", "crop", "copy"}
+    assert set(images) == {"truth", "mask", "ptychi", "blurred", "crop", "copy"} | {
+        "pinn",
+        "parts",
+    }
 
 
 def test_the_aligned_images_share_the_truths_region(compared):
@@ -181,7 +215,7 @@ def test_the_aligned_images_share_the_truths_region(compared):
 
 def test_a_job_without_ground_truth_scores_nothing(tmp_path):
     flat = np.ones(SHAPE, dtype=np.complex64)
-    absent = NPZSource(str(tmp_path / "absent.npz"))
+    absent = ModelSource(str(tmp_path / "absent.npz"))
 
     result, images = compare(BASELINE, _source(tmp_path, flat), absent, names=["pinn"])
 
@@ -226,8 +260,8 @@ def test_the_table_is_tidy_with_references_and_the_reasons(compared):
 
     assert list(table.columns) == nodes.TABLE_COLUMNS
     scored = table[table.status == "scored"]
-    assert set(scored.model) == {"ptychi", "blurred", "crop", "copy"}
-    assert len(scored) == 4 * 6
+    assert set(scored.model) == {"ptychi", "blurred", "crop", "copy", "pinn", "parts"}
+    assert len(scored) == 6 * 6
     assert set(scored.metric) == {"mae", "mse", "psnr", "ssim", "ms_ssim", "frc_0.5"}
     mae = scored[(scored.model == "blurred") & (scored.metric == "mae")].iloc[0]
     assert mae.phase < mae.null_phase and mae.phase_noise_floor > 0

@@ -133,6 +133,7 @@ def test_a_fresh_job_reconstructs_then_a_rerun_is_cached(source, empty_folder):
     assert obj.dtype == np.complex64 and obj.shape == (48, 48)
     assert first.arrays["reconstructed_probe"].shape == (1, 1, 16, 16)
     assert first.arrays["loss"].shape == (2,)
+    assert str(first.arrays["algorithm"]) == "ptychi_lsqml"  # PtychoPINN's label
     assert "Epoch" in first.log
     assert again.record["status"] == "cached" and again.arrays is None
     assert again.record["final_loss"] == record["final_loss"]

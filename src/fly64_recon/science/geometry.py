@@ -36,13 +36,19 @@ class Geometry:
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if not (isinstance(value, int | float) and np.isfinite(value) and value > 0):
-                raise ValueError(f"geometry.{name} must be a positive number, not {value!r}")
+            if not (
+                isinstance(value, int | float) and np.isfinite(value) and value > 0
+            ):
+                raise ValueError(
+                    f"geometry.{name} must be a positive number, not {value!r}"
+                )
 
     @classmethod
     def of(cls, metadata: Mapping[str, Any], nominal: Mapping[str, Any]) -> Geometry:
         """The file's own geometry where its ``_metadata`` has it, else the nominal."""
-        return cls(**{key: float(metadata.get(key, nominal[key])) for key in GEOMETRY_KEYS})
+        return cls(
+            **{key: float(metadata.get(key, nominal[key])) for key in GEOMETRY_KEYS}
+        )
 
     @property
     def wavelength_m(self) -> float:
@@ -60,7 +66,9 @@ class Geometry:
         return asdict(self)
 
 
-def pixels_to_metres(coords_px: np.ndarray, width_px: int, pixel_m: float) -> np.ndarray:
+def pixels_to_metres(
+    coords_px: np.ndarray, width_px: int, pixel_m: float
+) -> np.ndarray:
     """Object-pixel coordinates to metres about the object's centre (ptychodus's frame)."""
     return (np.asarray(coords_px, dtype=np.float64) - (width_px - 1) / 2) * pixel_m
 

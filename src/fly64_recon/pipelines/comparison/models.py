@@ -1,8 +1,8 @@
 """The models to compare, and a model's NPZ brought onto the ground truth's grid.
 
-A model's file holds its object as ``reconstructed_object`` (complex, 2-D) or as
-``amplitude`` and ``phase`` (real floating point, 2-D, same shape); when both are there,
-``reconstructed_object`` is used. The object is on the ground truth's pixel grid, or a
+A model's file holds its object under its declared keys (``ObjectKeys``: by default
+``reconstructed_object``, complex, 2-D; else ``amplitude`` and ``phase``, real floating
+point, 2-D, same shape); when both are there, the complex one is used. The object is on the ground truth's pixel grid, or a
 crop of it: then ``offset`` = (row, col) of the crop's top-left pixel on that grid, in
 whole pixels (registration refines the rest). Every other key is ignored, so a
 ``ptychi_reconstruction.npz`` is a valid model file.
@@ -19,16 +19,20 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
+from fly64_recon.datasets.model_source import (
+    DECLARED_KEYS,
+    ObjectKeys,
+    declared_pattern,
+)
 from fly64_recon.record import BASELINE
 
 PLACEHOLDERS = frozenset({"dose", "view", "split", "model"})
 MODEL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
-OBJECT_KEY = "reconstructed_object"
-PARTS_KEYS = ("amplitude", "phase")
 OFFSET_KEY = "offset"
 
 
@@ -36,10 +40,13 @@ class ModelFileError(ValueError):
     """A model's file breaks the input rules; the message names the file and the key."""
 
 
-def check_models(models: Mapping[str, str] | None) -> dict[str, str]:
-    """The declared models (name -> path pattern), or a ValueError naming the bad one."""
+def check_models(
+    models: Mapping[str, str | Mapping[str, str]] | None,
+) -> dict[str, str | Mapping[str, str]]:
+    """The declared models (name -> path pattern, or a mapping of ``path`` and the
+    object's keys), or a ValueError naming the bad one."""
     checked = {}
-    for name, pattern in (models or {}).items():
+    for name, declaration in (models or {}).items():
         where = f"comparison_models.{name}"
         if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
             raise ValueError(
@@ -47,16 +54,37 @@ def check_models(models: Mapping[str, str] | None) -> dict[str, str]:
             )
         if name == BASELINE:
             raise ValueError(f"{where}: {BASELINE!r} names the pty-chi baseline")
-        if not isinstance(pattern, str) or not pattern:
-            raise ValueError(f"{where}: the path pattern must be a non-empty string")
+        _check_declaration(declaration, where)
+        pattern = declared_pattern(declaration)
         unknown = placeholders(pattern, where) - PLACEHOLDERS
         if unknown:
             raise ValueError(
                 f"{where}: {pattern!r} has unknown placeholder(s) {sorted(unknown)}; "
                 f"known are {sorted(PLACEHOLDERS)}"
             )
-        checked[name] = pattern
+        checked[name] = declaration
     return checked
+
+
+def _check_declaration(declaration: Any, where: str) -> None:
+    if isinstance(declaration, str):
+        if not declaration:
+            raise ValueError(f"{where}: the path pattern must be a non-empty string")
+        return
+    if not isinstance(declaration, Mapping):
+        raise ValueError(
+            f"{where}: a path pattern, or a mapping of {', '.join(DECLARED_KEYS)}"
+        )
+    unknown = sorted(set(declaration) - set(DECLARED_KEYS))
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown key(s) {unknown}; known are {', '.join(DECLARED_KEYS)}"
+        )
+    for key, value in declaration.items():
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{where}.{key} must be a non-empty string")
+    if "path" not in declaration:
+        raise ValueError(f"{where}: no path (the file's path pattern)")
 
 
 def placeholders(pattern: str, where: str) -> set[str]:
@@ -70,10 +98,13 @@ def placeholders(pattern: str, where: str) -> set[str]:
 
 
 def model_on_grid(
-    arrays: Mapping[str, np.ndarray], path: str, mask: np.ndarray
+    arrays: Mapping[str, np.ndarray],
+    path: str,
+    mask: np.ndarray,
+    keys: ObjectKeys = ObjectKeys(),  # noqa: B008 - frozen, never changed
 ) -> tuple[np.ndarray, np.ndarray]:
     """The model's object on the truth's grid (gaps filled) and the mask it is scored on."""
-    images = object_images(arrays, path)
+    images = object_images(arrays, path, keys)
     height, width = next(iter(images.values())).shape
     top, left = crop_offset(arrays, path, (height, width), mask.shape)
     footprint = np.zeros(mask.shape, dtype=bool)
@@ -92,27 +123,30 @@ def model_on_grid(
                 f"{path}: key {key!r}: {bad} non-finite value(s) on lit pixels"
             )
     canvas = np.full(mask.shape, np.nan, dtype=np.complex128)
-    canvas[top : top + height, left : left + width] = complex_object(images)
+    canvas[top : top + height, left : left + width] = complex_object(images, keys)
     return fill_nearest(canvas), scored
 
 
-def object_images(arrays: Mapping[str, np.ndarray], path: str) -> dict[str, np.ndarray]:
-    """``{reconstructed_object: c}`` or ``{amplitude: a, phase: p}``, checked."""
-    if OBJECT_KEY in arrays:
-        image = arrays[OBJECT_KEY]
+def object_images(
+    arrays: Mapping[str, np.ndarray], path: str, keys: ObjectKeys
+) -> dict[str, np.ndarray]:
+    """``{object key: c}`` or ``{amplitude key: a, phase key: p}``, checked."""
+    if keys.object in arrays:
+        image = arrays[keys.object]
         if image.dtype.kind != "c":
             raise ModelFileError(
-                f"{path}: key {OBJECT_KEY!r} has dtype {image.dtype}; it must be "
+                f"{path}: key {keys.object!r} has dtype {image.dtype}; it must be "
                 "complex (complex64 or complex128)"
             )
-        return {OBJECT_KEY: _two_d(image, OBJECT_KEY, path)}
-    if not all(key in arrays for key in PARTS_KEYS):
+        return {keys.object: _two_d(image, keys.object, path)}
+    parts = (keys.amplitude, keys.phase)
+    if not all(key in arrays for key in parts):
         raise ModelFileError(
-            f"{path}: no key {OBJECT_KEY!r} and no {PARTS_KEYS[0]!r} + "
-            f"{PARTS_KEYS[1]!r} pair; the file has {sorted(arrays)}"
+            f"{path}: no key {keys.object!r} and no {parts[0]!r} + "
+            f"{parts[1]!r} pair; the file has {sorted(arrays)}"
         )
     images = {}
-    for key in PARTS_KEYS:
+    for key in parts:
         image = arrays[key]
         if image.dtype.kind != "f":
             raise ModelFileError(
@@ -120,10 +154,10 @@ def object_images(arrays: Mapping[str, np.ndarray], path: str) -> dict[str, np.n
                 "floating point (float32 or float64)"
             )
         images[key] = _two_d(image, key, path)
-    if images["amplitude"].shape != images["phase"].shape:
+    if images[keys.amplitude].shape != images[keys.phase].shape:
         raise ModelFileError(
-            f"{path}: key 'phase' has shape {images['phase'].shape}, key 'amplitude' "
-            f"{images['amplitude'].shape}: they must match"
+            f"{path}: key {keys.phase!r} has shape {images[keys.phase].shape}, key "
+            f"{keys.amplitude!r} {images[keys.amplitude].shape}: they must match"
         )
     return images
 
@@ -169,11 +203,12 @@ def crop_offset(
     return top, left
 
 
-def complex_object(images: Mapping[str, np.ndarray]) -> np.ndarray:
+def complex_object(images: Mapping[str, np.ndarray], keys: ObjectKeys) -> np.ndarray:
     """The complex object of checked images."""
-    if OBJECT_KEY in images:
-        return images[OBJECT_KEY].astype(np.complex128)
-    amplitude, phase = (images[key].astype(np.float64) for key in PARTS_KEYS)
+    if keys.object in images:
+        return images[keys.object].astype(np.complex128)
+    parts = (keys.amplitude, keys.phase)
+    amplitude, phase = (images[key].astype(np.float64) for key in parts)
     with np.errstate(invalid="ignore"):  # NaN off the lit pixels: filled later
         return amplitude * np.exp(1j * phase)
 

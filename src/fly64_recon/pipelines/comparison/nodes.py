@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from fly64_recon.datasets.job_folder import RECONSTRUCTION_FILE, JobArtifacts
+from fly64_recon.datasets.model_source import ModelSource, ObjectKeys
 from fly64_recon.datasets.npz import NPZFormatError, NPZSource
 from fly64_recon.pipelines.comparison.models import ModelFileError, model_on_grid
 from fly64_recon.pipelines.reporting import markdown_table
@@ -75,7 +76,7 @@ def explain_no_models(params: Mapping[str, Any]) -> None:
     )
 
 
-def open_model(source: NPZSource) -> tuple[dict[str, np.ndarray] | None, dict]:
+def open_model(source: ModelSource) -> tuple[dict[str, np.ndarray] | None, dict]:
     """A model file's arrays and its entry, or None and why not."""
     entry = {"path": source.path}
     if not source.exists():
@@ -114,7 +115,7 @@ def compare(
     source: NPZSource,
     params: Mapping[str, Any],
     metrics: Mapping[str, Any],
-    *models: NPZSource,
+    *models: ModelSource,
     job: Job,
     names: Sequence[str],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -122,9 +123,8 @@ def compare(
     evaluation's score of the pty-chi reconstruction; their aligned images for a
     figure."""
     baseline = baseline_entry(metrics, job)
-    opened = {
-        name: open_model(model) for name, model in zip(names, models, strict=True)
-    }
+    by_name = dict(zip(names, models, strict=True))
+    opened = {name: open_model(model) for name, model in by_name.items()}
     try:
         truth, footing = job_truth(source, artifacts, params)
     except NoGroundTruth as error:
@@ -139,7 +139,7 @@ def compare(
         found, aligned[name] = (
             (entry, None)
             if arrays is None
-            else score_model(arrays, entry, truth, footing, bounds)
+            else score_model(arrays, entry, by_name[name].keys, truth, footing, bounds)
         )
         entries.append({"model": name, **found})
     _log_unscored(job, entries)
@@ -204,6 +204,7 @@ def _log_unscored(job: Job, entries: Sequence[Mapping[str, Any]]) -> None:
 def score_model(
     arrays: Mapping[str, np.ndarray],
     entry: Mapping[str, Any],
+    keys: ObjectKeys,
     truth: np.ndarray,
     footing: Footing,
     bounds: Bounds,
@@ -211,7 +212,7 @@ def score_model(
     """One model's entry, scored on the job's footing; its aligned region."""
     path = entry["path"]
     try:
-        image, scored = model_on_grid(arrays, path, footing.mask)
+        image, scored = model_on_grid(arrays, path, footing.mask, keys)
         found = score(image, truth, footing, bounds, scored)
     except ModelFileError as error:
         return {**entry, **unscored(ScoreStatus.FAILED, str(error))}, None

@@ -173,9 +173,8 @@ def _run_job(
         result, halves = reconstructions(plan, checked, rule, record)
     except Exception as error:  # noqa: BLE001 - any failure is this job's, not the study's
         return failed(checked, record, error), None
-    return succeeded(record, result, rule), made(
-        result, checked.arrays, indices, halves
-    )
+    done = succeeded(record, result, rule)
+    return done, made(result, checked.arrays, indices, halves, done.engine)
 
 
 def started(checked: CheckedInput, record: JobRecord, indices: np.ndarray) -> JobRecord:
@@ -285,8 +284,11 @@ def made(
     arrays: Mapping[str, np.ndarray],
     indices: np.ndarray,
     halves: list[np.ndarray] | None,
+    engine: str,
 ) -> dict[str, np.ndarray]:
-    """The reconstruction's arrays, positions back in the input's frame."""
+    """The reconstruction's arrays, positions back in the input's frame; ``algorithm``
+    (``ptychi_lsqml``) is the label PtychoPINN's ``compare_models.py`` reads
+    (``--tike_recon_path``: a name starting with ``ptychi`` is pty-chi, not Tike)."""
     x, y = task.from_ptychi_positions(
         result.position_x_px, result.position_y_px, arrays["objectGuess"].shape
     )
@@ -297,6 +299,7 @@ def made(
         "ycoords": y,
         "pattern_index": indices,
         "loss": result.loss,
+        "algorithm": np.array(f"ptychi_{engine.lower()}"),
     }
     if halves is not None:
         found["half_objects"] = np.stack(halves).astype(np.complex64)
