@@ -88,7 +88,12 @@ def test_every_job_succeeds_and_says_what_it_did(project):
         assert entry["n_patterns"] == entry["n_patterns_total"] > 0
         assert len(entry["input_sha256"]) == 64
         folder = project / ARTIFACTS / job.output_relpath
-        for name in ("ptychi_reconstruction.npz", "reconstruction.png", "job.json"):
+        for name in (
+            "ptychi_reconstruction.npz",
+            "product.h5",
+            "reconstruction.png",
+            "job.json",
+        ):
             assert (folder / name).is_file(), folder / name
         assert "Epoch" in (folder / "ptychi.log").read_text()
 

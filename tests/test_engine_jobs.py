@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from conftest import (
     TINY_ENV,
+    base_parameters,
     baseline_params,
     run_kedro,
     simulate_phase_c,
@@ -18,6 +19,7 @@ from fly64_recon.record import JobRecord
 from fly64_recon.science import metrics as m
 from fly64_recon.study import Job
 
+GEOMETRY = base_parameters()["geometry"]
 JOB = Job(10000.0, "dense", "test")
 FEW = {"num_epochs": 3, "batch_size": 16}
 PARAMS = baseline_params(device="cpu", lsqml={"reconstructor_options": FEW})
@@ -58,7 +60,9 @@ def source_of(arrays, tmp_path) -> NPZSource:
 def run(source: NPZSource, params: dict, folder: JobFolderDataset | None = None):
     """validate -> reconstruct, and the folder saved when one is given."""
     previous = folder.load() if folder else nodes.JobArtifacts({})
-    out = nodes.reconstruct(nodes.validate_input(source, params, JOB), previous)
+    out = nodes.reconstruct(
+        nodes.validate_input(source, params, JOB), previous, GEOMETRY
+    )
     if folder:
         folder.save(out)
     return out

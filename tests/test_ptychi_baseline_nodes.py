@@ -7,7 +7,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import baseline_params, merged, simulate_phase_c, tiny_simulate_params
+from conftest import (
+    base_parameters,
+    baseline_params,
+    merged,
+    simulate_phase_c,
+    tiny_simulate_params,
+)
 
 from fly64_recon import devices
 from fly64_recon.datasets import JobArtifacts, JobFolderDataset, NPZSource, npz_bytes
@@ -17,6 +23,7 @@ from fly64_recon.record import JobStatus, after_lost_worker
 from fly64_recon.science.scoring import has_ground_truth
 from fly64_recon.study import Job
 
+GEOMETRY = base_parameters()["geometry"]
 JOB = Job(1000.0, "dense", "test")
 PARAMS = baseline_params(
     device="cpu", lsqml={"reconstructor_options": {"num_epochs": 2, "batch_size": 16}}
@@ -107,7 +114,7 @@ def test_jobs_that_cannot_run_pass_their_status_on(status, empty_folder):
     options = BaselineOptions.from_params(PARAMS)
     checked = nodes.CheckedInput(JOB, options, "x.npz", JobStatus(status), "why")
 
-    out = nodes.reconstruct(checked, empty_folder.load())
+    out = nodes.reconstruct(checked, empty_folder.load(), GEOMETRY)
 
     assert out.arrays is None
     assert (out.record["status"], out.record["reason"]) == (status, "why")
@@ -116,12 +123,12 @@ def test_jobs_that_cannot_run_pass_their_status_on(status, empty_folder):
 def test_a_fresh_job_reconstructs_then_a_rerun_is_cached(source, empty_folder):
     checked = nodes.validate_input(source, PARAMS, JOB)
 
-    first = nodes.reconstruct(checked, empty_folder.load())
+    first = nodes.reconstruct(checked, empty_folder.load(), GEOMETRY)
     empty_folder.save(first)
-    again = nodes.reconstruct(checked, empty_folder.load())
+    again = nodes.reconstruct(checked, empty_folder.load(), GEOMETRY)
     changed = {**PARAMS, "object_init": "ground_truth"}
     recomputed = nodes.reconstruct(
-        nodes.validate_input(source, changed, JOB), empty_folder.load()
+        nodes.validate_input(source, changed, JOB), empty_folder.load(), GEOMETRY
     )
 
     record = first.record
@@ -144,7 +151,7 @@ def test_dry_run_plans_without_reconstructing(source, empty_folder, monkeypatch)
     monkeypatch.setattr(task, "run_engine", pytest.fail)
     checked = nodes.validate_input(source, {**PARAMS, "dry_run": True}, JOB)
 
-    out = nodes.reconstruct(checked, empty_folder.load())
+    out = nodes.reconstruct(checked, empty_folder.load(), GEOMETRY)
 
     assert out.record["status"] == "planned" and out.arrays is None
 
@@ -159,7 +166,7 @@ def test_divergence_fails_the_job_and_saves_no_result(
     monkeypatch.setattr(task, "run_engine", diverge)
     checked = nodes.validate_input(source, PARAMS, JOB)
 
-    out = nodes.reconstruct(checked, empty_folder.load())
+    out = nodes.reconstruct(checked, empty_folder.load(), GEOMETRY)
 
     assert out.record["status"] == "failed"
     assert "diverged" in out.record["reason"] and "epoch 1" in out.record["reason"]
@@ -173,7 +180,7 @@ def test_out_of_memory_fails_with_advice(source, empty_folder, monkeypatch):
     monkeypatch.setattr(task, "run_engine", oom)
     checked = nodes.validate_input(source, PARAMS, JOB)
 
-    out = nodes.reconstruct(checked, empty_folder.load())
+    out = nodes.reconstruct(checked, empty_folder.load(), GEOMETRY)
 
     assert out.record["status"] == "failed"
     assert "batch_size (now 16)" in out.record["reason"]
@@ -187,7 +194,7 @@ def test_out_of_memory_advice_names_workers_per_gpu_and_patterns_on_the_host(
 
     monkeypatch.setattr(task, "run_engine", oom)
     out = nodes.reconstruct(
-        nodes.validate_input(source, PARAMS, JOB), empty_folder.load()
+        nodes.validate_input(source, PARAMS, JOB), empty_folder.load(), GEOMETRY
     )
 
     reason = out.record["reason"]
@@ -204,7 +211,7 @@ def test_a_cuda_error_fails_the_job_and_tells_the_runner(
     monkeypatch.setattr(task, "run_engine", broken)
     monkeypatch.setattr(devices, "_LOST", {})
     out = nodes.reconstruct(
-        nodes.validate_input(source, PARAMS, JOB), empty_folder.load()
+        nodes.validate_input(source, PARAMS, JOB), empty_folder.load(), GEOMETRY
     )
 
     assert out.record["status"] == "failed"
@@ -220,7 +227,7 @@ def test_a_job_whose_worker_died_fails_with_how_and_does_not_run_again(
     how = "the worker process running it (gpu0-2) was killed (SIGKILL ...)"
 
     with after_lost_worker(how):
-        out = nodes.reconstruct(checked, empty_folder.load())
+        out = nodes.reconstruct(checked, empty_folder.load(), GEOMETRY)
 
     assert (out.record["status"], out.record["reason"]) == ("failed", how)
     assert out.record["input_sha256"] == checked.sha256 and out.arrays is None
@@ -256,7 +263,7 @@ def test_a_job_stops_when_its_loss_stops_improving(source, empty_folder):
     params = {**PARAMS, "lsqml": capped, "convergence": {"window": 2, "tolerance": 0.5}}
 
     out = nodes.reconstruct(
-        nodes.validate_input(source, params, JOB), empty_folder.load()
+        nodes.validate_input(source, params, JOB), empty_folder.load(), GEOMETRY
     )
 
     record = out.record
@@ -274,7 +281,7 @@ def test_a_job_told_not_to_stop_runs_its_cap_and_says_where_it_plateaued(
     params = {**PARAMS, "lsqml": capped, "convergence": judge}
 
     out = nodes.reconstruct(
-        nodes.validate_input(source, params, JOB), empty_folder.load()
+        nodes.validate_input(source, params, JOB), empty_folder.load(), GEOMETRY
     )
 
     record = out.record
@@ -289,7 +296,7 @@ def test_a_job_stopped_by_the_cap_while_improving_is_not_converged(
     params = {**PARAMS, "convergence": {"window": 1, "tolerance": 0.0}}
 
     out = nodes.reconstruct(
-        nodes.validate_input(source, params, JOB), empty_folder.load()
+        nodes.validate_input(source, params, JOB), empty_folder.load(), GEOMETRY
     )
 
     assert out.record["epochs_run"] == 2
@@ -299,7 +306,7 @@ def test_a_job_stopped_by_the_cap_while_improving_is_not_converged(
 
 def test_the_record_says_how_the_beam_saw_the_scan(source, empty_folder, study_file):
     out = nodes.reconstruct(
-        nodes.validate_input(source, PARAMS, JOB), empty_folder.load()
+        nodes.validate_input(source, PARAMS, JOB), empty_folder.load(), GEOMETRY
     )
 
     record = out.record
@@ -324,7 +331,7 @@ def test_a_scan_without_overlap_warns_in_the_record(tmp_path, study_file, empty_
     path.write_bytes(npz_bytes(apart))
     checked = nodes.validate_input(NPZSource(str(path)), PARAMS, JOB)
 
-    out = nodes.reconstruct(checked, empty_folder.load())
+    out = nodes.reconstruct(checked, empty_folder.load(), GEOMETRY)
 
     assert out.record["overlap"] == 0.0
     assert any("overlap is 0" in warning for warning in out.record["warnings"])
@@ -334,7 +341,7 @@ def test_half_dataset_reconstructions_when_asked(source, empty_folder):
     params = {**PARAMS, "half_dataset_frc": True}
 
     out = nodes.reconstruct(
-        nodes.validate_input(source, params, JOB), empty_folder.load()
+        nodes.validate_input(source, params, JOB), empty_folder.load(), GEOMETRY
     )
 
     halves = out.arrays["half_objects"]

@@ -56,6 +56,7 @@ RECORD_KEYS = {
     "overlap",
     "photons_per_pattern",
     "photons_per_px2",
+    "geometry",
     "half_dataset",
     "started_at",
     "finished_at",

@@ -133,6 +133,9 @@ class JobRecord:
     overlap: float | None = None
     photons_per_pattern: float | None = None
     photons_per_px2: float | None = None
+    # The scan's physical geometry (science.geometry: photon energy, detector distance
+    # and pixel size, the object's pixel in metres), from the input or nominal.
+    geometry: Mapping[str, float] | None = None
     # Two more reconstructions from interleaved halves of the patterns were made.
     half_dataset: bool | None = None
     started_at: str | None = None

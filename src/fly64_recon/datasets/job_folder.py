@@ -1,4 +1,5 @@
-"""One reconstruction job's folder: ``ptychi_reconstruction.npz``, ``ptychi.log``, ``job.json``.
+"""One reconstruction job's folder: ``ptychi_reconstruction.npz``, ``product.h5`` (the same
+reconstruction as a ptychodus product, ``product.py``), ``ptychi.log``, ``job.json``.
 
 The catalog names a job by its Kedro namespace (``dose_1e4.dense.test``); the folder is
 ``<path>/dose_10000/dense/test``. Every file is written atomically and the NPZ carries
@@ -17,6 +18,7 @@ from kedro.io import AbstractDataset, DatasetError
 from fly64_recon.datasets.atomic import write_atomic
 from fly64_recon.datasets.job_location import dumps, job_folder
 from fly64_recon.datasets.npz import npz_bytes, parse_npz
+from fly64_recon.datasets.product import PRODUCT_FILE, Product, product_bytes
 
 RECONSTRUCTION_FILE = "ptychi_reconstruction.npz"
 LOG_FILE = "ptychi.log"
@@ -26,12 +28,14 @@ PROVENANCE_KEY = "provenance"
 
 @dataclass
 class JobArtifacts:
-    """What a job leaves on disk; ``arrays``/``log`` are None when nothing new was made."""
+    """What a job leaves on disk; ``arrays``/``log``/``product`` are None when nothing new
+    was made (``product`` is never loaded back)."""
 
     record: dict[str, Any]
     arrays: dict[str, np.ndarray] | None = None
     log: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    product: Product | None = None
 
 
 class JobFolderDataset(AbstractDataset[JobArtifacts, JobArtifacts]):
@@ -77,6 +81,10 @@ class JobFolderDataset(AbstractDataset[JobArtifacts, JobArtifacts]):
                 json.dumps(data.provenance, sort_keys=True)
             )
             write_atomic(self._file(RECONSTRUCTION_FILE), npz_bytes(arrays), self._fs)
+        if data.product is not None:
+            write_atomic(
+                self._file(PRODUCT_FILE), product_bytes(data.product), self._fs
+            )
         if data.log is not None:
             write_atomic(self._file(LOG_FILE), data.log.encode(), self._fs)
         write_atomic(self._file(RECORD_FILE), dumps(data.record).encode(), self._fs)

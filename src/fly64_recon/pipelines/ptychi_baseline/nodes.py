@@ -27,6 +27,7 @@ from fly64_recon.datasets.npz import NPZFormatError, NPZSource
 from fly64_recon.pipelines.ptychi_baseline import engines, task
 from fly64_recon.pipelines.ptychi_baseline.figures import job_figure
 from fly64_recon.pipelines.ptychi_baseline.options import BaselineOptions
+from fly64_recon.pipelines.ptychi_baseline.product import job_product, scan_geometry
 from fly64_recon.record import (
     JobRecord,
     JobStatus,
@@ -86,12 +87,23 @@ def validate_input(
     )
 
 
-def reconstruct(checked: CheckedInput, previous: JobArtifacts) -> JobArtifacts:
+def reconstruct(
+    checked: CheckedInput, previous: JobArtifacts, geometry: Mapping[str, float]
+) -> JobArtifacts:
     """Run the engine on a ready input, unless its outputs match input and options, or
-    its worker died running it before (the job fails with how)."""
+    its worker died running it before (the job fails with how). A reconstruction, made
+    or cached, is also written as a ptychodus product in metres (``geometry``: the
+    nominal scan geometry, where the input's ``_metadata`` has none)."""
     if checked.status is not JobStatus.READY:
         return JobArtifacts(_record(checked, checked.status).to_dict())
-    record = _record(checked, JobStatus.PLANNED)
+    record = replace(
+        _record(checked, JobStatus.PLANNED),
+        geometry=scan_geometry(
+            read_metadata(checked.arrays),
+            geometry,
+            checked.arrays["probeGuess"].shape[-1],
+        ),
+    )
     died = lost_worker()
     if died is not None:
         failed = replace(
@@ -102,9 +114,15 @@ def reconstruct(checked: CheckedInput, previous: JobArtifacts) -> JobArtifacts:
     if done is not None and _same_input_and_options(done, record):
         reason = "outputs exist for this input (sha256) and these options"
         cached = replace(
-            done, input_npz=checked.path, status=JobStatus.CACHED, reason=reason
+            done,
+            input_npz=checked.path,
+            status=JobStatus.CACHED,
+            reason=reason,
+            geometry=record.geometry,
         )
-        return JobArtifacts(cached.to_dict())
+        return JobArtifacts(
+            cached.to_dict(), product=job_product(cached, previous.arrays)
+        )
     if checked.options.dry_run:
         return JobArtifacts(record.to_dict())
     with _captured_log() as log:
@@ -112,7 +130,13 @@ def reconstruct(checked: CheckedInput, previous: JobArtifacts) -> JobArtifacts:
     if arrays is None:
         return JobArtifacts(record.to_dict(), log=log.getvalue())
     written = record.to_dict()
-    return JobArtifacts(written, arrays=arrays, log=log.getvalue(), provenance=written)
+    return JobArtifacts(
+        written,
+        arrays=arrays,
+        log=log.getvalue(),
+        provenance=written,
+        product=job_product(record, arrays),
+    )
 
 
 def _record(checked: CheckedInput, status: JobStatus) -> JobRecord:

@@ -29,7 +29,7 @@ def job_pipeline(job: Job) -> Pipeline:
             ),
             Node(
                 reconstruct,
-                ["checked_input", "previous_job_artifacts"],
+                ["checked_input", "previous_job_artifacts", "params:geometry"],
                 "job_artifacts",
                 name="reconstruct",
                 tags=JOB_TAG,
@@ -43,6 +43,6 @@ def job_pipeline(job: Job) -> Pipeline:
         ],
         namespace=job.namespace,
         inputs={"input_npz": f"{job.input_dataset}@source"},
-        parameters={"params:ptychi_baseline": "params:ptychi_baseline"},
+        parameters={"params:ptychi_baseline", "params:geometry"},
         tags=["ptychi_baseline", job.view, job.split],
     )
