@@ -109,14 +109,39 @@ def test_unknown_job_has_no_entry(tmp_path):
         dataset(tmp_path / "m.json", "dose_1e4.dense.test").load()
 
 
-def test_a_corrupt_manifest_is_set_aside_and_rebuilt(tmp_path):
+@pytest.mark.parametrize(
+    ("broken", "why"),
+    [
+        (b'{"jobs": [', "Expecting value"),
+        (b"\xff\xfe not UTF-8", "utf-8"),
+        (b"[1, 2]", "not a manifest"),
+        (b'{"jobs": {"a": 1}}', "not a manifest"),
+        (b'{"jobs": [{"status": "succeeded"}]}', "an entry without a namespace"),
+    ],
+)
+def test_a_broken_manifest_is_set_aside_and_rebuilt_from_the_job_folders(
+    tmp_path, caplog, broken, why
+):
     path = tmp_path / "m.json"
-    path.write_text('{"jobs": [')
+    path.write_bytes(broken)
+    folder = tmp_path / "dose_10000" / "baseline" / "train"
+    folder.mkdir(parents=True)
+    earlier = entry("dose_1e4.baseline.train", wall_time_s=2.0).to_dict()
+    (folder / "job.json").write_text(json.dumps(earlier))
 
     dataset(path, "dose_1e3.dense.test").save(entry("dose_1e3.dense.test"))
 
-    assert json.loads(path.read_text())["counts"]["succeeded"] == 1
-    assert (tmp_path / "m.corrupt.json").read_text() == '{"jobs": ['
+    manifest = json.loads(path.read_text())
+    assert manifest["counts"]["succeeded"] == 2  # this job's, and the folder's
+    jobs = {job["namespace"]: job for job in manifest["jobs"]}
+    assert jobs["dose_1e4.baseline.train"]["wall_time_s"] == 2.0
+    (aside,) = tmp_path.glob("m.json.broken-*")
+    assert aside.read_bytes() == broken
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "m.json cannot be read" in warning.getMessage()
+    assert why in warning.getMessage() and "rebuilt from the job folders" in (
+        warning.getMessage()
+    )
 
 
 def _save_many(path: str, namespaces: list[str]) -> None:

@@ -576,4 +576,4 @@ def test_nothing_that_existed_before_is_overwritten_or_lost(matrix):
         assert {RECONSTRUCTION, "ptychi.log"} <= {p.name for p in folder.iterdir()}
     manifest = json.loads((study.artifacts / MANIFEST).read_text())
     assert matrix.foreign_entry in manifest["jobs"]
-    assert not list(study.artifacts.glob("*.corrupt.json"))
+    assert not list(study.artifacts.glob("*.broken-*"))

@@ -1,10 +1,12 @@
-"""Atomic file writes: a temporary sibling, then a rename over the target."""
+"""Atomic file writes: a temporary sibling, then a rename over the target; and a broken
+file set aside, renamed, never deleted."""
 
 from __future__ import annotations
 
 import os
 import posixpath
 import secrets
+import time
 from types import ModuleType
 
 import fsspec
@@ -104,3 +106,16 @@ def _write_error(filepath: str, exc: Exception) -> AtomicWriteError:
     # OSError's str() already leads with "[Errno N]": give the errno once.
     reason = getattr(exc, "strerror", None) or str(exc)
     return AtomicWriteError(errno_, f"could not write {filepath}: {reason}")
+
+
+def set_aside(filepath: str, fs: fsspec.AbstractFileSystem | None = None) -> str:
+    """Rename a file that cannot be read to ``<name>.broken-<UTC time>`` beside it, so
+    that the next run recomputes what it held and a person can still look at it; the
+    new name."""
+    if fs is None:
+        fs, path = url_to_fs(filepath)
+    else:
+        path = fs._strip_protocol(filepath)
+    aside = f"{path}.broken-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    fs.mv(path, aside)
+    return aside

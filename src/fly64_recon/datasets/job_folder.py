@@ -9,16 +9,19 @@ its own provenance, so a file that exists is complete and says what it was made 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from kedro.io import AbstractDataset, DatasetError
+from kedro.io import AbstractDataset
 
-from fly64_recon.datasets.atomic import write_atomic
+from fly64_recon.datasets.atomic import set_aside, write_atomic
 from fly64_recon.datasets.job_location import dumps, job_folder
-from fly64_recon.datasets.npz import npz_bytes, parse_npz
+from fly64_recon.datasets.npz import NPZFormatError, npz_bytes, parse_npz
 from fly64_recon.datasets.product import PRODUCT_FILE, Product, product_bytes
+
+logger = logging.getLogger(__name__)
 
 RECONSTRUCTION_FILE = "ptychi_reconstruction.npz"
 LOG_FILE = "ptychi.log"
@@ -57,21 +60,39 @@ class JobFolderDataset(AbstractDataset[JobArtifacts, JobArtifacts]):
         return f"{self.folder}/{name}"
 
     def load(self) -> JobArtifacts:
-        """The folder as it is; missing files give an empty record / no arrays."""
+        """The folder as it is; missing files give an empty record / no arrays. A file
+        that cannot be read is set aside, renamed, with one warning, and counts as
+        missing: the job runs again rather than the study stopping."""
         record_path = self._file(RECORD_FILE)
         record: dict[str, Any] = {}
         if self._fs.exists(record_path):
             try:
-                record = json.loads(self._fs.cat_file(record_path))
-            except json.JSONDecodeError as error:
-                raise DatasetError(f"{record_path}: not valid JSON ({error})") from None
+                record = json.loads(self._fs.cat_file(record_path).decode("utf-8"))
+                if not isinstance(record, dict):
+                    raise ValueError(f"a JSON {type(record).__name__}, not a record")
+            except ValueError as error:
+                self._set_aside(record_path, error)
+                record = {}
         arrays = None
         provenance: dict[str, Any] = {}
         npz_path = self._file(RECONSTRUCTION_FILE)
         if self._fs.exists(npz_path):
-            arrays = parse_npz(self._fs.cat_file(npz_path), npz_path)
-            provenance = json.loads(str(arrays.pop(PROVENANCE_KEY, "{}")))
+            try:
+                arrays = parse_npz(self._fs.cat_file(npz_path), npz_path)
+                provenance = json.loads(str(arrays.pop(PROVENANCE_KEY, "{}")))
+            except (NPZFormatError, ValueError) as error:
+                self._set_aside(npz_path, error)
+                arrays, provenance = None, {}
         return JobArtifacts(record=record, arrays=arrays, provenance=provenance)
+
+    def _set_aside(self, path: str, error: Exception) -> None:
+        aside = set_aside(path, self._fs)
+        logger.warning(
+            "%s cannot be read (%s): moved to %s; the job runs again",
+            path,
+            str(error).splitlines()[0],
+            aside,
+        )
 
     def save(self, data: JobArtifacts) -> None:
         """Write what the job made, then its record (last, so it never runs ahead)."""

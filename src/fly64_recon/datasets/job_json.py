@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
-from kedro.io import AbstractDataset, DatasetError
+from kedro.io import AbstractDataset
 
-from fly64_recon.datasets.atomic import write_atomic
+from fly64_recon.datasets.atomic import set_aside, write_atomic
 from fly64_recon.datasets.job_location import dumps, job_folder
+
+logger = logging.getLogger(__name__)
 
 
 class JobJSONDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
@@ -32,13 +35,21 @@ class JobJSONDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
         self.metadata = metadata
 
     def load(self) -> dict[str, Any]:
-        """The document, or ``{}`` when the file is not there."""
+        """The document, or ``{}`` when the file is not there or cannot be read (then
+        set aside, renamed, with one warning: the node that writes it runs again)."""
         if not self._fs.exists(self._filepath):
             return {}
         try:
-            return json.loads(self._fs.cat_file(self._filepath))
-        except json.JSONDecodeError as error:
-            raise DatasetError(f"{self._filepath}: not valid JSON ({error})") from None
+            document = json.loads(self._fs.cat_file(self._filepath).decode("utf-8"))
+            if not isinstance(document, dict):
+                raise ValueError(f"a JSON {type(document).__name__}, not an object")
+        except ValueError as error:
+            aside = set_aside(self._filepath, self._fs)
+            logger.warning(
+                "%s cannot be read (%s): moved to %s", self._filepath, error, aside
+            )
+            return {}
+        return document
 
     def save(self, data: dict[str, Any]) -> None:
         """Write the document atomically (NumPy scalars become plain numbers)."""
