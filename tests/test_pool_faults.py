@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 from conftest import make_tiny_project, run_kedro
@@ -182,3 +186,58 @@ def test_workers_per_gpu_takes_a_number_or_auto():
     assert PoolRunner(workers_per_gpu="auto")._workers_per_gpu == "auto"
     with pytest.raises(ValueError, match="whole number of at least 1 or auto"):
         PoolRunner(workers_per_gpu="many")
+
+
+def tagged_processes(tag: str) -> list[int]:
+    """The processes whose environment carries ``FLY64_TEST_TAG=tag``."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"FLY64_TEST_TAG={tag}".encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return found
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_the_workers_end_with_a_killed_kedro_run(tmp_path):
+    """kill -9 of `kedro run` while its workers reconstruct: no worker lives on to
+    finish a job nobody waits for."""
+    (tmp_path / "project").mkdir()
+    project = make_tiny_project(
+        tmp_path / "project",
+        DESIGN.doses,
+        TINY,
+        design={"views": list(DESIGN.views), "splits": ["test"]},
+    )
+    run_kedro(project, "run", "--env", "tiny", "--pipeline", "simulate", timeout=300)
+    tag = f"kill-{os.getpid()}"
+    long_jobs = (
+        "ptychi_baseline.lsqml.reconstructor_options.num_epochs=100000,"
+        f"ptychi_baseline.convergence.stop=false,artifact_root={tmp_path / 'out'}"
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-m", "kedro", "run", "--env", "tiny"]
+        + ["--pipeline", "ptychi_baseline", "--params", long_jobs],
+        cwd=project,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "FLY64_TEST_TAG": tag},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(tagged_processes(tag)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.5)  # the run, its fork server and two workers
+        assert len(tagged_processes(tag)) >= 4, "the workers never started"
+        time.sleep(3)  # into the jobs
+        run.kill()
+        run.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while tagged_processes(tag) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert tagged_processes(tag) == []
+    finally:
+        for pid in tagged_processes(tag):
+            os.kill(pid, signal.SIGKILL)

@@ -280,6 +280,8 @@ class _Setup:
         self.context = worker_context()
         self.slots = slots
         self.threads = threads
+        # Nothing is ever written: the workers read end-of-file when this process ends.
+        self.driver_alive, self._alive = self.context.Pipe(duplex=False)
 
 
 class _Channel:
@@ -333,7 +335,12 @@ class _Workers:
     def _start(self, slot: Slot) -> ProcessPoolExecutor:
         channel = _Channel(self._setup.context, self.starts, self._records)
         self._channels[slot.name] = channel
-        worker = WorkerSetup(channel.queue, dict(LOGGING), self._setup.threads)
+        worker = WorkerSetup(
+            channel.queue,
+            dict(LOGGING),
+            self._setup.threads,
+            self._setup.driver_alive,
+        )
         return ProcessPoolExecutor(
             max_workers=1,
             mp_context=self._setup.context,

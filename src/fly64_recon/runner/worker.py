@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -46,6 +48,9 @@ class WorkerSetup:
     channel: Any  # its multiprocessing queue: log records and NodeStarted
     logging_config: Mapping[str, Any]
     threads: int
+    # The read end of a pipe whose only write end the ``kedro run`` process holds: it
+    # reads end-of-file the moment that process is gone, however it ended.
+    driver_alive: Any
 
 
 @dataclass(frozen=True)
@@ -88,11 +93,27 @@ def start_worker(setup: WorkerSetup, slot: Slot) -> None:
     """The worker's initializer: slot, threads, malloc, logging; before any import of
     torch."""
     fast_malloc()
+    end_with_the_driver(setup.driver_alive)
     os.environ.update(slot.env)
     limit_threads(setup.threads)
     forward_logs(setup.channel, setup.logging_config)
     install_warning_filters()
     _Worker.name, _Worker.channel = slot.name, setup.channel
+
+
+def end_with_the_driver(driver_alive: Any) -> None:
+    """A watch that kills this worker when the ``kedro run`` process is gone (killed,
+    crashed): a worker must not finish a job nobody waits for, then hang. Its writes
+    are atomic, so a job it was writing leaves no file a later run takes as complete."""
+
+    def watch() -> None:
+        try:
+            driver_alive.recv_bytes()
+        except (EOFError, OSError):
+            pass
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="driver-watch", daemon=True).start()
 
 
 def limit_threads(threads: int) -> None:
