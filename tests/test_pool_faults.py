@@ -200,19 +200,26 @@ def tagged_processes(tag: str) -> list[int]:
     return found
 
 
-@pytest.mark.e2e
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
-def test_the_workers_end_with_a_killed_kedro_run(tmp_path):
-    """kill -9 of `kedro run` while its workers reconstruct: no worker lives on to
-    finish a job nobody waits for."""
-    (tmp_path / "project").mkdir()
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny study's project, its study simulated."""
+    root = tmp_path_factory.mktemp("simulated")
     project = make_tiny_project(
-        tmp_path / "project",
+        root,
         DESIGN.doses,
         TINY,
         design={"views": list(DESIGN.views), "splits": ["test"]},
     )
     run_kedro(project, "run", "--env", "tiny", "--pipeline", "simulate", timeout=300)
+    return project
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_the_workers_end_with_a_killed_kedro_run(simulated, tmp_path):
+    """kill -9 of `kedro run` while its workers reconstruct: no worker lives on to
+    finish a job nobody waits for."""
+    project = simulated
     tag = f"kill-{os.getpid()}"
     long_jobs = (
         "ptychi_baseline.lsqml.reconstructor_options.num_epochs=100000,"
@@ -241,3 +248,38 @@ def test_the_workers_end_with_a_killed_kedro_run(tmp_path):
     finally:
         for pid in tagged_processes(tag):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.e2e
+def test_a_full_disk_stops_the_run_in_one_line_its_traceback_in_the_log(
+    simulated, tmp_path
+):
+    disk = tmp_path / "full"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    try:
+        done = run_kedro(
+            simulated,
+            *("run", "--env", "tiny", "--pipeline", "ptychi_baseline"),
+            *("--params", f"artifact_root={disk / 'out'}"),
+            env={"COLUMNS": "120"},
+            timeout=300,
+        )
+        (log,) = (disk / "out" / "logs").glob("run-*.log")
+        logged = log.read_text()
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+    output = done.stdout + done.stderr
+    assert done.returncode == 1
+    (error,) = [line for line in output.splitlines() if line.startswith("Error: ")]
+    assert "[Errno 28] could not write" in error and "No space left on device" in error
+    assert "the traceback is in the run's log" in error
+    assert "Traceback" not in output and len(output.splitlines()) < 15
+    assert "Traceback" in logged and "No space left on device" in logged

@@ -11,7 +11,8 @@ and none warns. Three things differ from Kedro's defaults:
 - a runner whose optional dependency is missing stops at once with one line naming
   the ``pip install`` that brings it;
 - a run whose jobs failed ends with one line per failure and exit code 1, after the
-  console's summary, instead of a traceback.
+  console's summary, instead of a traceback; a run stopped by an error (a full disk)
+  ends with one line naming it, its traceback in the run's log.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from typing import Any
 import click
 from kedro.framework.cli.project import run as kedro_run
 
-from fly64_recon.hooks import JobsFailedError
+from fly64_recon.hooks import JobsFailedError, logged_stop
 from fly64_recon.runner import MissingExtraError
+from fly64_recon.runner.pool import WorkerTraceback
 
 DEFAULT_RUNNER = "fly64_recon.runner.PoolRunner"
 RUNNER_HELP = (
@@ -45,6 +47,28 @@ def _run(ctx: click.Context, namespace: tuple[str, ...], **kwargs: Any):
         raise click.ClickException(str(missing)) from None
     except JobsFailedError as failed:
         raise click.ClickException(f"JobsFailedError: {failed}") from None
+    except Exception as error:
+        if not logged_stop(error):
+            raise
+        raise click.ClickException(
+            f"{one_line(root_cause(error))} (the traceback is in the run's log)"
+        ) from None
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The first cause of a chain (a full disk under a dataset's save error), leaving
+    out the traceback text a worker sent along (``WorkerTraceback``)."""
+    while error.__cause__ is not None and not isinstance(
+        error.__cause__, WorkerTraceback
+    ):
+        error = error.__cause__
+    return error
+
+
+def one_line(error: BaseException) -> str:
+    """``AtomicWriteError: [Errno 28] could not write ...``: its last line."""
+    lines = str(error).strip().splitlines() or [""]
+    return f"{type(error).__name__}: {lines[-1]}"
 
 
 def _with_runner_help(param: click.Parameter) -> click.Parameter:

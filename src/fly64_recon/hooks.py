@@ -24,6 +24,15 @@ class JobsFailedError(RuntimeError):
     """At least one reconstruction job failed; the others ran to the end."""
 
 
+# Errors that stopped a run after its traceback went to the run's log.
+_stopped: list[BaseException] = []
+
+
+def logged_stop(error: BaseException) -> bool:
+    """Whether ``error`` stopped a run whose log already has its traceback."""
+    return any(error is stopped for stopped in _stopped)
+
+
 class StudyRunHooks:
     """Log 'job k of n', show the study's progress and summary, fail the run at the end
     when any job failed."""
@@ -57,6 +66,10 @@ class StudyRunHooks:
     @hook_impl
     def on_pipeline_error(self, error: Exception) -> None:
         if self._run is not None:
+            # The whole traceback to the run's log (INFO: not the console, where the
+            # CLI says what stopped the run in one line: cli.py).
+            logger.info("The run stopped:", exc_info=error)
+            _stopped.append(error)
             self._run.close(error)
             self._run = None
 
