@@ -116,3 +116,15 @@ def test_describe_scan_and_the_no_overlap_warning():
     assert near["photons_per_px2"] > far["photons_per_px2"]
     assert beam.overlap_warning(near["overlap"]) is None
     assert "overlap is 0" in beam.overlap_warning(far["overlap"])
+
+
+def test_the_shot_noise_loss_is_what_poisson_noise_alone_leaves():
+    rng = np.random.default_rng(0)
+    expected = rng.uniform(0, 200, (200, 16, 16))  # dark and bright pixels
+    counts = rng.poisson(expected)
+    truth = 2 * np.mean((np.sqrt(counts) - np.sqrt(expected)) ** 2)
+
+    estimate = beam.shot_noise_loss(np.array_split(counts, 3))
+
+    assert estimate == pytest.approx(truth, rel=0.05)
+    assert beam.shot_noise_loss([np.zeros((2, 4, 4))]) == 0.0

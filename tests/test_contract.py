@@ -445,3 +445,67 @@ def test_one_nan_anywhere_is_caught(arrays, key, data):
     assert any(
         p.key == key and "not finite" in p.message for p in excinfo.value.problems
     )
+
+
+# Garbage that would otherwise come out as a succeeded reconstruction (issue 25).
+
+
+def centred_probe(size: int = 16) -> np.ndarray:
+    r2 = (np.arange(size) - size / 2) ** 2
+    return np.exp(-np.add.outer(r2, r2) / 8).astype(np.complex64)
+
+
+def test_patterns_that_recorded_no_photon_are_refused():
+    arrays = make_file(np.random.default_rng(20), metadata=False)
+    arrays["diffraction"] = np.zeros_like(arrays["diffraction"])
+
+    assert_problem(problems_of(arrays), "diffraction", "every value is zero")
+
+
+def test_a_probe_stored_fftshifted_is_refused():
+    arrays = make_file(np.random.default_rng(21), size=16, metadata=False)
+    arrays["probeGuess"] = np.fft.fftshift(centred_probe())
+
+    assert_problem(
+        problems_of(arrays), "probeGuess", "closer to the corners", "ifftshift"
+    )
+
+
+def test_a_centred_probe_passes():
+    arrays = make_file(np.random.default_rng(21), size=16, metadata=False)
+    arrays["probeGuess"] = centred_probe() * np.float32(40)
+
+    assert validate(arrays, PATH) == []
+
+
+def test_an_n_n_n_stack_read_as_n_patterns_is_refused():
+    """(N, N, n) with n == N passes every shape check: the spread gives it away."""
+    arrays = make_file(np.random.default_rng(22), n=16, size=16, metadata=False)
+    arrays["diffraction"] = np.ascontiguousarray(
+        np.moveaxis(arrays["diffraction"], 0, -1)
+    )
+
+    assert_problem(problems_of(arrays), "diffraction", "spreads evenly", "(N, N, n)")
+
+
+def test_a_dead_frame_is_a_warning_naming_it(caplog):
+    arrays = make_file(np.random.default_rng(23), n=6, metadata=False)
+    arrays["diffraction"][4] = 0
+
+    (warning,) = validate(arrays, PATH)
+
+    assert warning.startswith("diffraction: 1 of 6 patterns hold only zeros")
+    assert "index 4" in warning
+
+
+def test_a_probe_far_stronger_than_the_patterns_is_a_warning():
+    arrays = make_file(np.random.default_rng(24), size=16, metadata=False)
+    power = np.mean(np.sum(arrays["diffraction"].astype(float) ** 2, axis=(1, 2)))
+    probe = centred_probe()
+    arrays["probeGuess"] = probe * np.float32(
+        np.sqrt(1e6 * power / np.sum(np.abs(probe) ** 2))
+    )
+
+    (warning,) = validate(arrays, PATH)
+
+    assert warning.startswith("probeGuess: its power") and "1e+06x" in warning

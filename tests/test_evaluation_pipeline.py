@@ -467,3 +467,13 @@ def test_the_catalog_puts_every_output_where_the_design_says(tmp_path, monkeypat
         ("convergence", "convergence.png"),
     ]:
         assert str(catalog.get(f"study_summary.{name}")._filepath) == f"rep/{file}"
+
+
+def test_the_jobs_own_warnings_are_its_flags_beside_its_scores(tmp_path):
+    truth = _object()
+    misfit = "does not explain its own patterns: final loss 4 is 12.0x ..."
+    artifacts = _artifacts(truth, warnings=[misfit])
+
+    result = nodes.evaluate(artifacts, _source(tmp_path, truth), PARAMS, JOB)
+
+    assert misfit in result["flags"]

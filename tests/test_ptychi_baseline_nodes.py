@@ -396,3 +396,37 @@ def test_data_that_would_skew_the_numbers_fail_their_job(
     assert checked.status == "failed"
     assert str(path) in checked.reason and f"{key}:" in checked.reason
     assert fragment in checked.reason
+
+
+@pytest.fixture(scope="module")
+def bright_file() -> dict:
+    params = tiny_simulate_params(patch_size=16, object_size=56, rows=8)
+    return simulate_phase_c(params, 1e5)["test"]
+
+
+@pytest.mark.parametrize("positions", ["as recorded", "x and y swapped"])
+def test_a_reconstruction_that_does_not_explain_its_patterns_is_flagged(
+    tmp_path, bright_file, positions
+):
+    arrays = dict(bright_file)
+    if positions == "x and y swapped":
+        arrays["xcoords"], arrays["ycoords"] = arrays["ycoords"], arrays["xcoords"]
+    path = tmp_path / "patched_test.npz"
+    path.write_bytes(npz_bytes(arrays))
+    params = merged(PARAMS, {"lsqml": {"reconstructor_options": {"num_epochs": 40}}})
+    folder = JobFolderDataset(path=str(tmp_path / "out"), namespace=JOB.namespace)
+
+    out = nodes.reconstruct(
+        nodes.validate_input(NPZSource(str(path)), params, JOB), folder.load(), GEOMETRY
+    )
+
+    record = out.record
+    assert record["status"] == "succeeded" and record["loss_floor"] > 0
+    ratio = record["final_loss"] / record["loss_floor"]
+    misfits = [w for w in record["warnings"] if "does not explain" in w]
+    if positions == "as recorded":
+        assert ratio < 3 and misfits == []
+    else:
+        assert ratio > 5
+        (misfit,) = misfits
+        assert f"{ratio:.1f}x what their shot noise allows" in misfit

@@ -48,6 +48,7 @@ RECORD_KEYS = {
     "peak_gpu_memory_reserved_mb",
     "warmup_s",
     "final_loss",
+    "loss_floor",
     "epochs_run",
     "stop_reason",
     "converged",

@@ -83,6 +83,14 @@ MIN_CENTRE_CHECK_SIZE = 8  # smaller patterns cannot tell centre from corner
 # A probe this many times weaker than the patterns (sum |probe|^2 vs the mean
 # sum diffraction^2) is numerical noise, not a probe estimate.
 NEAR_ZERO_PROBE_RATIO = 1e-12
+# sum |probeGuess|^2 against the patterns' mean sum diffraction^2 (their power in the
+# file's units): about 1.4 in the simulated study (the object absorbs a little); a
+# probe this many times stronger does not belong to these patterns.
+PROBE_POWER_FACTOR = 100.0
+# A pattern's intensity spread along one axis, as a fraction of a uniform spread
+# (N^2 / 12): about 0.22 on both axes for the study's patterns, near 1 along the
+# frame axis of an (N, N, n) stack read as (n, N, N).
+EVEN_SPREAD = 0.7
 # Exactly repeated positions: an error from this fraction of the scan on, else a warning.
 REPEATED_POSITIONS_FRACTION = 0.1
 _CHUNK_ELEMENTS = 2**16  # 256 KiB of float32: the reductions of a chunk share the cache
@@ -115,6 +123,7 @@ def validate(arrays: Mapping[str, np.ndarray], path: str) -> list[str]:
     problems = [
         Problem(k, "required key is missing") for k in REQUIRED_KEYS if k not in arrays
     ]
+    warnings: list[str] = []
     diffraction = _get(arrays, "diffraction")
     n, size = _pattern_geometry(diffraction)
     stats = None
@@ -124,6 +133,8 @@ def validate(arrays: Mapping[str, np.ndarray], path: str) -> list[str]:
         problems += _diffraction_problems(diffraction, stats)
 
     clean = diffraction is not None and stats is not None and stats.is_clean() and n
+    if clean and 0 < len(stats.empty) < n:
+        warnings.append(_empty_warning(stats.empty, n))
     if clean:
         problems += _centre_problems(diffraction)
 
@@ -131,7 +142,8 @@ def validate(arrays: Mapping[str, np.ndarray], path: str) -> list[str]:
     if probe is not None:
         problems += _probe_problems(probe, size)
         if clean and probe.dtype.kind == "c" and np.isfinite(probe).all():
-            problems += _probe_power_problems(probe, stats.sum_of_squares / n)
+            found, warned = _probe_against_patterns(probe, stats.sum_of_squares / n)
+            problems, warnings = problems + found, warnings + warned
         if size is None and _is_square_2d(probe):
             size = probe.shape[0]
     problems += _position_problems(arrays, n, size)
@@ -139,7 +151,6 @@ def validate(arrays: Mapping[str, np.ndarray], path: str) -> list[str]:
 
     metadata, metadata_problems = _metadata(arrays)
     problems += metadata_problems
-    warnings: list[str] = []
     repeated, repeat_warnings = _repeated_positions(arrays, n)
     problems += repeated
     warnings += repeat_warnings
@@ -188,6 +199,7 @@ class _Reduction:
     negative: int
     minimum: float
     size: int
+    empty: tuple[int, ...]  # the patterns (first axis) that hold only zeros
 
     def is_clean(self) -> bool:
         return self.nan == 0 and self.inf == 0 and self.negative == 0
@@ -222,12 +234,16 @@ def _chunks(a: np.ndarray) -> Iterator[np.ndarray]:
 def _reduce(a: np.ndarray) -> _Reduction:
     """Sum of squares and minimum in one pass; NaN and Inf are counted only when the
     sum comes out non-finite (fmin skips NaN, so the minimum stays meaningful)."""
-    total, minimum = 0.0, np.inf
+    total, minimum, empty, start = 0.0, np.inf, [], 0
+    per_row = max(1, math.prod(a.shape[1:])) if a.ndim else 1
     with np.errstate(over="ignore"):  # an overflow is detected and handled below
         for chunk in _chunks(a):
             if chunk.size:
                 total += float(np.dot(chunk, chunk))
                 minimum = np.fmin(minimum, np.fmin.reduce(chunk))
+                rows = chunk.reshape(-1, per_row)
+                empty += (start + np.flatnonzero(~rows.any(axis=1))).tolist()
+                start += len(rows)
     nan = inf = 0
     if not math.isfinite(total):
         nan = sum(int(np.count_nonzero(np.isnan(c))) for c in _chunks(a))
@@ -240,7 +256,7 @@ def _reduce(a: np.ndarray) -> _Reduction:
     negative = 0
     if minimum < 0:
         negative = sum(int(np.count_nonzero(c < 0)) for c in _chunks(a))
-    return _Reduction(total, nan, inf, negative, float(minimum), a.size)
+    return _Reduction(total, nan, inf, negative, float(minimum), a.size, tuple(empty))
 
 
 def _diffraction_problems(d: np.ndarray, stats: _Reduction | None) -> list[Problem]:
@@ -263,6 +279,8 @@ def _diffraction_problems(d: np.ndarray, stats: _Reduction | None) -> list[Probl
                 f"{stats.nan + stats.inf} of {stats.size} values are not finite "
                 f"({stats.nan} NaN, {stats.inf} Inf)"
             )
+        if stats.sum_of_squares == 0 and stats.size:
+            problems.append("every value is zero: no pattern recorded a photon")
         if stats.negative:
             problems.append(
                 f"{stats.negative} of {stats.size} values are negative "
@@ -292,16 +310,46 @@ def _centre_problems(diffraction: np.ndarray) -> list[Problem]:
         return []
     given = _mean_distance_from_centre(mean)
     swapped = _mean_distance_from_centre(np.fft.fftshift(mean))
-    if given <= CORNER_DC_RATIO * swapped:
-        return []
-    return [
-        Problem(
-            "diffraction",
-            f"the patterns' intensity lies {given / swapped:.1f}x closer to the "
-            "corners than to the centre: the DC term is in the corner; DATA-001 "
-            "stores it at the centre (apply numpy.fft.fftshift over the last two axes)",
-        )
-    ]
+    if given > CORNER_DC_RATIO * swapped:
+        return [
+            Problem(
+                "diffraction",
+                f"the patterns' intensity lies {given / swapped:.1f}x closer to the "
+                "corners than to the centre: the DC term is in the corner; DATA-001 "
+                "stores it at the centre (apply numpy.fft.fftshift over the last two "
+                "axes)",
+            )
+        ]
+    spread = _spread(mean)
+    if max(spread) > EVEN_SPREAD and min(spread) < max(spread) / 3:
+        axis = 1 + int(np.argmax(spread))
+        return [
+            Problem(
+                "diffraction",
+                f"the intensity spreads evenly along axis {axis} "
+                f"({max(spread):.2f} of a uniform spread, {min(spread):.2f} along the "
+                "other): these are not patterns with their DC term at the centre; an "
+                "(N, N, n) stack stored as (n, N, N)? (numpy.moveaxis(d, -1, 0))",
+            )
+        ]
+    return []
+
+
+def _empty_warning(empty: tuple[int, ...], n: int) -> str:
+    shown = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
+    return (
+        f"diffraction: {len(empty)} of {n} patterns hold only zeros (dead frames? "
+        f"index {shown}): fitted as patterns that recorded no photon"
+    )
+
+
+def _spread(intensity: np.ndarray) -> tuple[float, float]:
+    """The intensity's variance about the centre along each axis, as a fraction of a
+    uniform spread's (N^2 / 12)."""
+    weights = intensity / intensity.sum()
+    size = intensity.shape[0]
+    offsets = (np.arange(size) - size // 2) ** 2 / (size * size / 12)
+    return float(weights.sum(1) @ offsets), float(weights.sum(0) @ offsets)
 
 
 def _probe_power_problems(probe: np.ndarray, pattern_power: float) -> list[Problem]:
@@ -319,6 +367,49 @@ def _probe_power_problems(probe: np.ndarray, pattern_power: float) -> list[Probl
             )
         ]
     return []
+
+
+def _probe_against_patterns(
+    probe: np.ndarray, pattern_power: float
+) -> tuple[list[Problem], list[str]]:
+    """The probe beside the patterns: its power, where its energy is."""
+    problems = _probe_power_problems(probe, pattern_power)
+    if _is_square_2d(probe):
+        problems += _probe_centre_problems(probe)
+    return problems, _probe_power_warnings(probe, pattern_power)
+
+
+def _probe_power_warnings(probe: np.ndarray, pattern_power: float) -> list[str]:
+    """A probe far stronger than the patterns does not belong to them: LSQML scales a
+    weak one up in its first epoch, but from a strong one the object stays flat."""
+    power = float(np.sum(np.abs(probe.astype(np.complex128)) ** 2))
+    if pattern_power <= 0 or power <= PROBE_POWER_FACTOR * pattern_power:
+        return []
+    return [
+        f"probeGuess: its power sum |probe|^2 = {power:.3g} is "
+        f"{power / pattern_power:.3g}x the patterns' mean sum diffraction^2 "
+        f"({pattern_power:.3g}): it does not belong to these patterns (scale it to "
+        "them); a reconstruction from it is judged by its fit to the patterns"
+    ]
+
+
+def _probe_centre_problems(probe: np.ndarray) -> list[Problem]:
+    """A probe has its energy at its centre, as the patterns their DC term."""
+    if probe.shape[-1] < MIN_CENTRE_CHECK_SIZE:
+        return []
+    intensity = np.abs(probe.astype(np.complex128)) ** 2
+    given = _mean_distance_from_centre(intensity)
+    swapped = _mean_distance_from_centre(np.fft.fftshift(intensity))
+    if given <= CORNER_DC_RATIO * swapped:
+        return []
+    return [
+        Problem(
+            "probeGuess",
+            f"its energy lies {given / swapped:.1f}x closer to the corners than to the "
+            "centre: the probe is stored fftshifted; DATA-001 stores it centred "
+            "(apply numpy.fft.ifftshift)",
+        )
+    ]
 
 
 def _repeated_positions(

@@ -122,6 +122,9 @@ class JobRecord:
     # cuFFT plans, Triton kernels), timed apart from ``wall_time_s``.
     warmup_s: float | None = None
     final_loss: float | None = None
+    # What the loss reaches for a reconstruction that explains its patterns down to
+    # their shot noise (science.beam.shot_noise_loss; LSQML's Gaussian loss only).
+    loss_floor: float | None = None
     # How the reconstruction ended (convergence.Verdict): epochs run, why it stopped,
     # and the first epoch at which the loss had stopped improving.
     epochs_run: int | None = None

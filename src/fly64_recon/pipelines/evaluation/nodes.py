@@ -23,7 +23,6 @@ from fly64_recon.contract import TRUE_POSITION_KEYS
 from fly64_recon.datasets.job_folder import JobArtifacts
 from fly64_recon.datasets.npz import NPZSource
 from fly64_recon.record import JobRecord, ScoreStatus, job_fields
-from fly64_recon.science import beam
 from fly64_recon.science import metrics as m
 from fly64_recon.science.convergence import StopReason
 from fly64_recon.science.scoring import (
@@ -165,12 +164,12 @@ def scan_summary(
 
 
 def job_flags(record: JobRecord) -> list[str]:
-    """What the job itself makes doubtful, beside its score's flags, in words."""
-    words = []
+    """What the job itself makes doubtful, beside its score's flags, in words: its
+    record's warnings (the input's, no overlap, a fit that does not explain the
+    patterns, an engine's loss that is no data misfit) and not converging."""
+    words = list(record.warnings)
     if record.converged is False:
         words.append(not_converged(record))
-    if record.overlap == 0:
-        words.append(beam.overlap_warning(0.0))
     return words
 
 

@@ -37,7 +37,11 @@ from fly64_recon.record import (
 )
 from fly64_recon.science import beam
 from fly64_recon.science.convergence import StoppingRule, StopReason
-from fly64_recon.science.scoring import has_ground_truth, photons_per_pattern
+from fly64_recon.science.scoring import (
+    PHOTON_CHUNK,
+    has_ground_truth,
+    photons_per_pattern,
+)
 from fly64_recon.study import Job
 
 logger = logging.getLogger(__name__)
@@ -239,6 +243,7 @@ def set_up(
     device = task.resolve_device(options.device)
     ptychi_options = options.ptychi_options(device)
     scan = scan_fields(checked, rows)
+    floor = loss_floor(checked, rows, ptychi_options)
     inputs, power = engine_inputs(checked, rows, ptychi_options)
     record = replace(
         record,
@@ -247,6 +252,7 @@ def set_up(
         **scan,
         warnings=[*record.warnings, *scan_warnings(record.namespace, scan["overlap"])],
         probe_power_rescale=power,
+        loss_floor=floor,
     )
     return record, Plan(device, ptychi_options, inputs)
 
@@ -288,7 +294,9 @@ def failed(checked: CheckedInput, record: JobRecord, error: Exception) -> JobRec
 def succeeded(
     record: JobRecord, result: task.EngineResult, rule: StoppingRule | None
 ) -> JobRecord:
-    """The record of a job that reconstructed: where, how long, how it ended."""
+    """The record of a job that reconstructed: where, how long, how it ended, and
+    whether it explains its own patterns."""
+    final = float(result.loss[-1])
     return replace(
         record,
         status=JobStatus.SUCCEEDED,
@@ -297,10 +305,45 @@ def succeeded(
         peak_gpu_memory_mb=result.peak_gpu_memory_mb,
         peak_gpu_memory_reserved_mb=result.peak_gpu_memory_reserved_mb,
         warmup_s=result.warmup_s,
-        final_loss=float(result.loss[-1]),
+        final_loss=final,
         **ending(rule, result.loss),
+        warnings=[*record.warnings, *misfit_warnings(record, final)],
         finished_at=_now(),
     )
+
+
+def loss_floor(
+    checked: CheckedInput, rows: np.ndarray | slice, ptychi_options: Any
+) -> float | None:
+    """What the job's loss reaches when it explains its patterns down to their shot
+    noise: for LSQML's Gaussian noise model, whose loss that is (else None)."""
+    from ptychi.api import NoiseModels  # noqa: PLC0415 - pty-chi costs seconds
+
+    reconstructor = ptychi_options.reconstructor_options
+    lsqml = reconstructor.get_reconstructor_type().name == "LSQML"
+    if not lsqml or reconstructor.noise_model != NoiseModels.GAUSSIAN:
+        return None
+    arrays = checked.arrays
+    scale = float(read_metadata(arrays).get("intensity_scale", 1.0))
+    patterns = arrays["diffraction"][rows]
+    return beam.shot_noise_loss(
+        np.square(patterns[i : i + PHOTON_CHUNK] * scale)
+        for i in range(0, len(patterns), PHOTON_CHUNK)
+    )
+
+
+def misfit_warnings(record: JobRecord, final_loss: float) -> list[str]:
+    """Words for a reconstruction that does not explain its own patterns, logged."""
+    floor = record.loss_floor
+    if not floor or final_loss <= beam.MISFIT_FACTOR * floor:
+        return []
+    warning = (
+        f"does not explain its own patterns: final loss {final_loss:.4g} is "
+        f"{final_loss / floor:.1f}x what their shot noise allows ({floor:.4g}); "
+        "positions that do not belong to the patterns, or a probe that does not?"
+    )
+    logger.warning("%s: %s", record.namespace, warning)
+    return [warning]
 
 
 def made(
