@@ -509,3 +509,10 @@ def test_a_probe_far_stronger_than_the_patterns_is_a_warning():
     (warning,) = validate(arrays, PATH)
 
     assert warning.startswith("probeGuess: its power") and "1e+06x" in warning
+
+
+def test_saturated_patterns_are_named_as_such():
+    arrays = make_file(np.random.default_rng(25), n=6, size=16, metadata=False)
+    arrays["diffraction"] = np.minimum(arrays["diffraction"], np.float32(2.0))
+
+    assert_problem(problems_of(arrays), "diffraction", "saturated, clipped patterns")

@@ -27,6 +27,7 @@ from fly64_recon.datasets import (
     NPZFormatError,
     NPZSource,
     NPZSourceDataset,
+    npz,
     npz_bytes,
     parse_npz,
 )
@@ -346,3 +347,38 @@ def test_catalog_transcoding_gives_both_faces_of_one_file(tmp_path):
     dense = catalog.load("phase_d__dose_1000__dense__dense_test@source")
     assert dense.path == str(tmp_path / "d" / "dose_1000" / "dense" / "dense_test.npz")
     assert dense.exists()
+
+
+def _npz_declaring(shape: tuple[int, ...]) -> bytes:
+    """An NPZ whose one member's header declares ``shape`` over a few real bytes."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header,
+        {"descr": "<f4", "fortran_order": False, "shape": shape},
+    )
+    payload = io.BytesIO()
+    with zipfile.ZipFile(payload, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("diffraction.npy", header.getvalue() + b"\0" * 64)
+    return payload.getvalue()
+
+
+def test_a_header_that_claims_terabytes_is_refused_naming_the_member():
+    with pytest.raises(NPZFormatError) as error:
+        parse_npz(_npz_declaring((10**6, 10**6, 10**3)), "huge.npz")
+
+    message = str(error.value)
+    assert message.startswith("huge.npz: its arrays declare")
+    assert "member 'diffraction'" in message and "GiB of memory available" in message
+
+
+def test_a_small_file_that_expands_to_more_than_memory_is_refused_unread(monkeypatch):
+    monkeypatch.setattr(npz, "available_memory", lambda: 2**20)  # 1 MiB here
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        data = io.BytesIO()
+        np.save(data, np.zeros((65, 64, 64), np.float32))  # over 1 MiB of zeros
+        archive.writestr("diffraction.npy", data.getvalue())
+    assert len(bomb.getvalue()) < 10_000
+
+    with pytest.raises(NPZFormatError, match="more than the 0.000977 GiB"):
+        parse_npz(bomb.getvalue(), "bomb.npz")

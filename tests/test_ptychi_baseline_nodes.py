@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -430,3 +431,41 @@ def test_a_reconstruction_that_does_not_explain_its_patterns_is_flagged(
         assert ratio > 5
         (misfit,) = misfits
         assert f"{ratio:.1f}x what their shot noise allows" in misfit
+
+
+@pytest.mark.parametrize("kind", ["a directory", "a named pipe (FIFO)", "loop"])
+def test_something_not_a_file_where_the_input_belongs_fails_naming_it(tmp_path, kind):
+    path = tmp_path / "dense_test.npz"
+    if kind == "a directory":
+        path.mkdir()
+    elif kind == "loop":
+        (tmp_path / "other.npz").symlink_to(path)
+        path.symlink_to(tmp_path / "other.npz")
+    else:
+        os.mkfifo(path)
+
+    checked = nodes.validate_input(NPZSource(str(path)), PARAMS, JOB)
+
+    assert checked.status == "failed"  # not "skipped: not found", exit 0
+    expected = "Too many levels of symbolic links" if kind == "loop" else kind
+    assert checked.reason.startswith(str(path)) and expected in checked.reason
+
+
+def test_too_few_patterns_fail_before_the_reconstruction_saying_so(
+    tmp_path, study_file, empty_folder, monkeypatch
+):
+    monkeypatch.setattr(task, "run_engine", pytest.fail)
+    rows = ("diffraction", "xcoords", "ycoords", "scan_index")
+    few = {k: (v[:2] if k in rows else v) for k, v in study_file.items()}
+    path = tmp_path / "few.npz"
+    path.write_bytes(npz_bytes(few))
+
+    out = nodes.reconstruct(
+        nodes.validate_input(NPZSource(str(path)), PARAMS, JOB),
+        empty_folder.load(),
+        GEOMETRY,
+    )
+
+    assert out.record["status"] == "failed"
+    assert out.record["reason"].startswith("2 pattern(s) to reconstruct from")
+    assert "at least 3" in out.record["reason"]

@@ -91,6 +91,9 @@ PROBE_POWER_FACTOR = 100.0
 # (N^2 / 12): about 0.22 on both axes for the study's patterns, near 1 along the
 # frame axis of an (N, N, n) stack read as (n, N, N).
 EVEN_SPREAD = 0.7
+# A detector's clipped pixels share its largest value; a pattern's brightest pixel is
+# otherwise nearly alone there (a few, at low counts).
+SATURATED_FRACTION = 0.01
 # Exactly repeated positions: an error from this fraction of the scan on, else a warning.
 REPEATED_POSITIONS_FRACTION = 0.1
 _CHUNK_ELEMENTS = 2**16  # 256 KiB of float32: the reductions of a chunk share the cache
@@ -320,6 +323,9 @@ def _centre_problems(diffraction: np.ndarray) -> list[Problem]:
                 "axes)",
             )
         ]
+    saturated = _saturation_problems(diffraction[picks])
+    if saturated:
+        return saturated
     spread = _spread(mean)
     if max(spread) > EVEN_SPREAD and min(spread) < max(spread) / 3:
         axis = 1 + int(np.argmax(spread))
@@ -341,6 +347,24 @@ def _empty_warning(empty: tuple[int, ...], n: int) -> str:
         f"diffraction: {len(empty)} of {n} patterns hold only zeros (dead frames? "
         f"index {shown}): fitted as patterns that recorded no photon"
     )
+
+
+def _saturation_problems(sample: np.ndarray) -> list[Problem]:
+    """Many pixels at the largest value: a saturated detector, clipped."""
+    top = float(sample.max())
+    at_top = int(np.count_nonzero(sample == top))
+    # Several per pattern at least: a pattern's brightest pixels may tie at low counts.
+    enough = max(SATURATED_FRACTION * sample.size, 4 * len(sample))
+    if top <= 0 or at_top < enough:
+        return []
+    return [
+        Problem(
+            "diffraction",
+            f"{at_top} of {sample.size} pixels (of {len(sample)} patterns sampled) sit "
+            f"at the largest value {top:.6g}: saturated, clipped patterns; mask the "
+            "saturated pixels or leave those patterns out",
+        )
+    ]
 
 
 def _spread(intensity: np.ndarray) -> tuple[float, float]:

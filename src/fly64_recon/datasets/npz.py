@@ -5,6 +5,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import math
+import os
+import stat
 import zipfile
 import zlib
 from collections.abc import Iterable, Mapping
@@ -36,7 +39,12 @@ _READ_ERRORS = (
     zlib.error,
     NotImplementedError,  # zip features Python cannot read: bad compression, encryption
     RuntimeError,  # zipfile: encrypted member, password required
+    MemoryError,  # a member larger than what is free: that job fails, not the run
 )
+
+
+# What stands at a path instead of a file, in words.
+_FILE_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe (FIFO)"}
 
 
 class NPZFormatError(DatasetError, ValueError):
@@ -44,14 +52,51 @@ class NPZFormatError(DatasetError, ValueError):
 
 
 def parse_npz(data: bytes, path: str) -> dict[str, np.ndarray]:
-    """Read every array of an NPZ archive held in memory, never unpickling."""
+    """Read every array of an NPZ archive held in memory, never unpickling, and never
+    one whose members declare more bytes than this machine has memory for."""
     _check_zip(data, path)
+    _check_declared_sizes(data, path)
     try:
         npz = np.load(io.BytesIO(data), allow_pickle=False)
     except _READ_ERRORS as exc:
         raise NPZFormatError(f"{path}: not a readable NPZ archive: {exc}") from exc
     with npz:
         return {key: _read_member(npz, key, path) for key in npz.files}
+
+
+def _check_declared_sizes(data: bytes, path: str) -> None:
+    """Refuse, from the .npy headers alone, members that would not fit in memory: a
+    header that claims terabytes, or a small file that expands to gigabytes."""
+    declared = {}
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        for member in archive.namelist():
+            if member.endswith(".npy"):
+                try:
+                    shape, dtype = _header(archive, member)
+                except _READ_ERRORS:
+                    continue  # reading it says what is wrong, with the key
+                declared[member[:-4]] = math.prod(shape) * dtype.itemsize
+    limit = available_memory()
+    total = sum(declared.values())
+    if limit is not None and total > limit:
+        largest = max(declared, key=declared.__getitem__)
+        raise NPZFormatError(
+            f"{path}: its arrays declare {total / 2**30:.3g} GiB (member {largest!r}: "
+            f"{declared[largest] / 2**30:.3g} GiB), more than the {limit / 2**30:.3g} "
+            "GiB of memory available here: a broken header, or data too large for "
+            "this machine"
+        )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux's MemAvailable), None where unknown."""
+    try:
+        for line in open("/proc/meminfo", encoding="ascii"):  # noqa: SIM115
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _check_zip(data: bytes, path: str) -> None:
@@ -134,6 +179,22 @@ class NPZSource:
         fs, path = self._fs_path()
         return fs.isfile(path)
 
+    def not_a_file(self) -> str | None:
+        """What stands at a local path that is not a regular file (a directory, a
+        FIFO, a symbolic link loop); None when a file or nothing is there."""
+        protocol, path = get_protocol_and_path(self.path)
+        if protocol != "file":
+            return None
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            return "a symbolic link to nothing" if os.path.islink(path) else None
+        except OSError as error:
+            return f"cannot be opened: {error.strerror}"
+        if stat.S_ISREG(mode):
+            return None
+        return _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
     def read_bytes(self) -> bytes:
         """Read the whole file; FileNotFoundError names the path if it is missing."""
         fs, path = self._fs_path()
@@ -182,7 +243,7 @@ class NPZSource:
             with fs.open(path, "rb") as handle, zipfile.ZipFile(handle) as archive:
                 members = set(archive.namelist())
                 return {
-                    key: _header_shape(archive, f"{key}.npy")
+                    key: _header(archive, f"{key}.npy")[0]
                     for key in keys
                     if f"{key}.npy" in members
                 }
@@ -190,7 +251,8 @@ class NPZSource:
             return {}
 
 
-def _header_shape(archive: zipfile.ZipFile, member: str) -> tuple[int, ...]:
+def _header(archive: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype]:
+    """A member's shape and dtype from its .npy header (no array is read)."""
     with archive.open(member) as handle:
         major, _ = np.lib.format.read_magic(handle)
         read = (
@@ -198,8 +260,8 @@ def _header_shape(archive: zipfile.ZipFile, member: str) -> tuple[int, ...]:
             if major == 1
             else np.lib.format.read_array_header_2_0
         )
-        shape, _, _ = read(handle)
-    return tuple(shape)
+        shape, _, dtype = read(handle)
+    return tuple(shape), np.dtype(dtype)
 
 
 def _filesystem(

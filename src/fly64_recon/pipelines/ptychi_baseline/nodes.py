@@ -55,6 +55,15 @@ class DivergedError(RuntimeError):
     """The reconstruction's loss or result is not finite."""
 
 
+class TooFewPatternsError(ValueError):
+    """A job has fewer patterns than a reconstruction needs."""
+
+
+# Measured: LSQML from 1 or 2 patterns gives a NaN loss in its first epoch, from 3 on
+# it runs (tiny study, batch 16 and 96).
+MIN_PATTERNS = 3
+
+
 @dataclass
 class CheckedInput:
     """A job's input after validation, with the job's options: arrays when ``ready``."""
@@ -74,6 +83,11 @@ def validate_input(
 ) -> CheckedInput:
     """Parse the job's options; open its NPZ once (hash and arrays), check DATA-001."""
     options = BaselineOptions.from_params(params)
+    what = source.not_a_file()
+    if what is not None:
+        reason = f"{source.path} is {what}, not an NPZ file"
+        logger.error("%s failed validation: %s", job.namespace, reason)
+        return CheckedInput(job, options, source.path, JobStatus.FAILED, reason)
     if not source.exists():
         reason = f"input file not found: {source.path}"
         if options.strict:
@@ -240,6 +254,11 @@ def set_up(
     """The device, pty-chi's options and the inputs; the record with what they are and
     with the scan as the beam saw it."""
     options = checked.options
+    if record.n_patterns < MIN_PATTERNS:
+        raise TooFewPatternsError(
+            f"{record.n_patterns} pattern(s) to reconstruct from; pty-chi needs at "
+            f"least {MIN_PATTERNS} (with fewer its first update is NaN)"
+        )
     device = task.resolve_device(options.device)
     ptychi_options = options.ptychi_options(device)
     scan = scan_fields(checked, rows)
@@ -528,7 +547,7 @@ def failure_reason(error: BaseException, record: JobRecord) -> str:
             f"ptychi_baseline.{key}.reconstructor_options.batch_size (now "
             f"{record.batch_size}) or set max_patterns"
         )
-    if isinstance(error, DivergedError):
+    if isinstance(error, DivergedError | TooFewPatternsError):
         return str(error)
     if devices.note_if_lost(error):
         return (
