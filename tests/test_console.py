@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from fly64_recon.display.console import (
     PlainView,
     RunPaths,
     StudyRun,
+    finished_line,
     render,
 )
 from fly64_recon.display.logs import LineLog
@@ -91,6 +93,22 @@ def test_without_a_terminal_a_line_per_job_and_progress_at_most_every_10_s():
     )
     assert lines[2:] == ["a job finished"]
     assert "\x1b" not in plain.file.getvalue()
+
+
+def test_a_finished_job_line_says_its_loss_and_the_gist_of_its_warnings():
+    progress = StudyProgress(NAMES, Clock())
+    misfit = (
+        "does not explain its own patterns: final loss 1.7 is 3.4x what their shot "
+        "noise allows (0.51); it was still improving when the epoch cap stopped it"
+    )
+    record = replace(succeeded(JOBS[2]), warnings=[misfit])
+    progress.finish(record)
+
+    assert finished_line(progress, record) == (
+        "[1/3] dose_1e5.baseline.test succeeded in 8.2 s, final loss 0.0213; "
+        "does not explain its own patterns: final loss 1.7 is 3.4x what thei..."
+    )
+    assert finished_line(progress, succeeded(JOBS[2])).endswith("final loss 0.0213")
 
 
 def test_epochs_logged_by_a_job_reach_the_display_of_its_run():

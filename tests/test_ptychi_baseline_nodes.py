@@ -20,7 +20,7 @@ from fly64_recon import devices
 from fly64_recon.datasets import JobArtifacts, JobFolderDataset, NPZSource, npz_bytes
 from fly64_recon.pipelines.ptychi_baseline import nodes, task
 from fly64_recon.pipelines.ptychi_baseline.options import BaselineOptions
-from fly64_recon.record import JobStatus, after_lost_worker
+from fly64_recon.record import JobRecord, JobStatus, after_lost_worker
 from fly64_recon.science.scoring import has_ground_truth
 from fly64_recon.study import Job
 
@@ -431,6 +431,21 @@ def test_a_reconstruction_that_does_not_explain_its_patterns_is_flagged(
         assert ratio > 5
         (misfit,) = misfits
         assert f"{ratio:.1f}x what their shot noise allows" in misfit
+
+
+@pytest.mark.parametrize(
+    ("converged", "why"),
+    [(False, "still improving when the epoch cap"), (True, "positions that do not")],
+)
+def test_a_misfit_says_whether_more_epochs_or_other_data_would_help(converged, why):
+    record = JobRecord(JOB, JobStatus.PLANNED, loss_floor=0.5)
+
+    assert nodes.misfit_warnings(record, 1.5, converged) == []  # 3x: within reach
+    (misfit,) = nodes.misfit_warnings(record, 1.7, converged)
+    assert misfit.startswith(
+        "does not explain its own patterns: final loss 1.7 is 3.4x"
+    )
+    assert why in misfit
 
 
 @pytest.mark.parametrize("kind", ["a directory", "a named pipe (FIFO)", "loop"])

@@ -31,7 +31,7 @@ from rich.text import Text
 
 from fly64_recon.display.logs import RunLog
 from fly64_recon.display.progress import StudyProgress
-from fly64_recon.display.summary import clock, closing_summary, first_line
+from fly64_recon.display.summary import clock, closing_summary, first_line, gist
 from fly64_recon.record import PROGRESS_LOGGER, JobRecord, JobStatus
 
 PLAIN_EVERY_S = 10.0
@@ -88,7 +88,8 @@ class RunPaths:
 
 
 def finished_line(progress: StudyProgress, record: JobRecord) -> str:
-    """``[ 7/18] dose_1e4.dense.test succeeded in 8.2 s, final loss 0.0213``."""
+    """``[ 7/18] dose_1e4.dense.test succeeded in 8.2 s, final loss 0.0213``, then
+    the job's warnings."""
     width = len(str(progress.total))
     count = f"[{len(progress.finished):>{width}}/{progress.total}]"
     text = f"{count} {record.namespace} {record.status}"
@@ -96,6 +97,7 @@ def finished_line(progress: StudyProgress, record: JobRecord) -> str:
         text += f" in {record.wall_time_s:.1f} s"
         if record.final_loss is not None:
             text += f", final loss {record.final_loss:.4g}"
+        text += "".join(f"; {gist(w)}" for w in record.warnings)
     elif record.reason and record.status is not JobStatus.CACHED:
         text += f": {first_line(record.reason)}"
     return text
