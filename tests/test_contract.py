@@ -261,11 +261,14 @@ def test_optional_keys_are_checked(arrays):
     arrays["scan_index"] = np.arange(4, dtype=np.float64)
     arrays["xcoords_start"] = arrays["xcoords"][:2]
     arrays["ycoords_start"] = np.full(4, np.nan)
+    arrays["bad_pixels"] = np.zeros((N, N - 1), np.uint8)
     error = problems_of(arrays)
     assert_problem(error, "Y", "(4, 8, 9)", "(4, 8, 8)")
     assert_problem(error, "scan_index", "float64", "not integer")
     assert_problem(error, "xcoords_start", "length 2")
     assert_problem(error, "ycoords_start", "not finite")
+    assert_problem(error, "bad_pixels", "uint8 is not bool")
+    assert_problem(error, "bad_pixels", "(8, 7) is not the patterns' (8, 8)")
 
 
 def test_valid_optional_keys_pass(arrays):
@@ -276,6 +279,7 @@ def test_valid_optional_keys_pass(arrays):
     arrays["xcoords_true"] = arrays["xcoords"] + 0.5
     arrays["ycoords_true"] = arrays["ycoords"] - 0.5
     arrays["filenames"] = np.array(["a", "b", "c", "d"])
+    arrays["bad_pixels"] = np.zeros((N, N), bool)
     assert validate(arrays, PATH) == []
 
 

@@ -287,6 +287,19 @@ def test_conversion_to_pty_chi_conventions():
     np.testing.assert_array_equal(truth.object_init[0], obj)
 
 
+def test_bad_pixels_become_pty_chis_mask_shifted_as_the_patterns():
+    bad = np.zeros((4, 4), bool)
+    bad[2, 2] = True  # the centre pixel: DATA-001's DC term
+    args = (np.ones((1, 4, 4), np.float32), np.ones((4, 4), np.complex64))
+    place = (np.ones((8, 8), np.complex64), np.array([4.0]), np.array([4.0]), 1.0)
+
+    inputs = task.to_ptychi_inputs(*args, *place, "flat", bad)
+
+    assert inputs.valid_pixel_mask.dtype == bool
+    assert not inputs.valid_pixel_mask[0, 0] and inputs.valid_pixel_mask.sum() == 15
+    assert task.to_ptychi_inputs(*args, *place, "flat").valid_pixel_mask is None
+
+
 def test_conversion_moves_the_dc_term_to_the_corner():
     amplitude = np.zeros((1, 4, 4), dtype=np.float32)
     amplitude[0, 2, 2] = 3.0  # DATA-001: the DC term at the centre

@@ -69,6 +69,8 @@ REQUIRED_KEYS: tuple[str, ...] = (
 # Optional: the true probe-centre positions of a file whose xcoords/ycoords carry a
 # position error (simulated), to measure position correction against.
 TRUE_POSITION_KEYS = ("xcoords_true", "ycoords_true")
+# Optional: bad_pixels, bool (N, N), True where the detector did not measure (a
+# measured scan's mask): pty-chi leaves them out of the fit.
 AMPLITUDE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 COMPLEX_DTYPES = (np.dtype(np.complex64), np.dtype(np.complex128))
 FOOTPRINT_TOLERANCE_PX = 1e-6
@@ -588,6 +590,19 @@ def _optional_problems(
         elif n is not None and size is not None and y.shape != (n, size, size):
             problems.append(
                 Problem("Y", f"shape {y.shape} differs from ({n}, {size}, {size})")
+            )
+    bad_pixels = _get(arrays, "bad_pixels")
+    if bad_pixels is not None:
+        if bad_pixels.dtype != np.bool_:
+            problems.append(
+                Problem("bad_pixels", f"dtype {bad_pixels.dtype} is not bool")
+            )
+        if size is not None and bad_pixels.shape != (size, size):
+            problems.append(
+                Problem(
+                    "bad_pixels",
+                    f"shape {bad_pixels.shape} is not the patterns' ({size}, {size})",
+                )
             )
     scan_index = _get(arrays, "scan_index")
     if scan_index is not None:

@@ -2,7 +2,7 @@
 verdict once every job has had its turn.
 
 A job is a node tagged ``record.JOB_TAG``; a job's outcome is any ``JobRecord`` that a
-node returns. The hooks know no pipeline by its node or dataset names.
+node returns, an ingested scan any ``StudyFiles``. The hooks know no pipeline by its node or dataset names.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from kedro.pipeline.node import Node
 
 from fly64_recon.display.console import RunPaths, StudyRun
 from fly64_recon.record import JOB_TAG, JobRecord
+from fly64_recon.study import StudyFiles
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +60,13 @@ class StudyRunHooks:
 
     @hook_impl
     def after_node_run(self, outputs: dict[str, Any]) -> None:
-        for record in outputs.values():
-            if isinstance(record, JobRecord) and self._run is not None:
-                self._run.job_finished(record)
+        if self._run is None:
+            return
+        for output in outputs.values():
+            if isinstance(output, JobRecord):
+                self._run.job_finished(output)
+            elif isinstance(output, StudyFiles):
+                self._run.ingested(output)
 
     @hook_impl
     def on_pipeline_error(self, error: Exception) -> None:

@@ -5,6 +5,7 @@ from kedro.pipeline import Pipeline
 from fly64_recon.config import pipeline_design
 from fly64_recon.pipelines.comparison import pipeline as comparison
 from fly64_recon.pipelines.evaluation import pipeline as evaluation
+from fly64_recon.pipelines.ingest import pipeline as ingest
 from fly64_recon.pipelines.ptychi_baseline import pipeline as ptychi_baseline
 from fly64_recon.pipelines.simulate import pipeline as simulate
 
@@ -20,6 +21,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     design = pipeline_design()
     pipelines = {
         "simulate": simulate.create_pipeline(design=design.study),
+        "ingest": ingest.create_pipeline(design=design.study),
         "ptychi_baseline": ptychi_baseline.create_pipeline(design=design.study),
         "evaluation": evaluation.create_pipeline(design=design.study),
         "comparison": comparison.create_pipeline(

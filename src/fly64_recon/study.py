@@ -114,6 +114,25 @@ class Job:
 
 
 @dataclass(frozen=True)
+class StudyFiles:
+    """The input files of one dose's jobs, made from ``source`` (a measured scan the
+    ingest pipeline read): DATA-001 arrays by the job that reads them."""
+
+    dose: float
+    source: str
+    files: Mapping[Job, Mapping[str, Any]]
+
+    @property
+    def n_patterns(self) -> int:
+        """The patterns of the scan: those of its baseline view's splits."""
+        return sum(
+            len(arrays["xcoords"])
+            for job, arrays in self.files.items()
+            if job.view == "baseline"
+        )
+
+
+@dataclass(frozen=True)
 class StudyDesign:
     """Doses x views x splits, with the overlap fraction of each Phase D view (given by
     ``study.overlap`` in globals.yml: the design carries no number of its own)."""

@@ -17,6 +17,8 @@ from fly64_recon.datasets.npz import (
     npz_bytes,
     parse_npz,
 )
+from fly64_recon.datasets.scan_file import MeasuredScan, ScanFileDataset, ScanFileError
+from fly64_recon.datasets.study_tree import StudyTreeDataset
 
 __all__ = [
     "AtomicWriteError",
@@ -29,6 +31,10 @@ __all__ = [
     "NPZFormatError",
     "NPZSource",
     "NPZSourceDataset",
+    "MeasuredScan",
+    "ScanFileDataset",
+    "ScanFileError",
+    "StudyTreeDataset",
     "npz_bytes",
     "parse_npz",
     "write_atomic",

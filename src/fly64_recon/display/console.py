@@ -31,8 +31,15 @@ from rich.text import Text
 
 from fly64_recon.display.logs import RunLog
 from fly64_recon.display.progress import StudyProgress
-from fly64_recon.display.summary import clock, closing_summary, first_line, gist
+from fly64_recon.display.summary import (
+    clock,
+    closing_summary,
+    first_line,
+    gist,
+    shown,
+)
 from fly64_recon.record import PROGRESS_LOGGER, JobRecord, JobStatus
+from fly64_recon.study import StudyFiles, dose_dirname
 
 PLAIN_EVERY_S = 10.0
 SHOWN_RUNNING = 8  # running jobs listed by name; the others are counted
@@ -45,10 +52,13 @@ COMPARISON_REPORT_FILE = "comparison_summary.md"
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where a run writes what a person reads: manifest, report, run logs."""
+    """Where a run writes what a person reads: manifest, report, run logs, the
+    study tree."""
 
     artifact_root: Path | None = None
     reporting_root: Path | None = None
+    phase_c_root: Path | None = None
+    phase_d_root: Path | None = None
 
     @classmethod
     def from_context(cls, context: Any) -> RunPaths:
@@ -60,7 +70,10 @@ class RunPaths:
             value = roots.get(name)
             return Path(context.project_path) / value if value else None
 
-        return cls(root("artifact_root"), root("reporting_root"))
+        return cls(
+            *map(root, ("artifact_root", "reporting_root")),
+            *map(root, ("phase_c_root", "phase_d_root")),
+        )
 
     @property
     def manifest(self) -> Path | None:
@@ -101,6 +114,32 @@ def finished_line(progress: StudyProgress, record: JobRecord) -> str:
     elif record.reason and record.status is not JobStatus.CACHED:
         text += f": {first_line(record.reason)}"
     return text
+
+
+def ingested_lines(study: StudyFiles, paths: RunPaths) -> tuple[str, str]:
+    """What an ingest wrote, and the command that reconstructs it."""
+    folders = [
+        root / dose_dirname(study.dose)
+        for root in (paths.phase_c_root, paths.phase_d_root)
+        if root
+    ]
+    roots = "".join(
+        f",{name}={shown(root)}"
+        for name, root in (
+            ("phase_c_root", paths.phase_c_root),
+            ("phase_d_root", paths.phase_d_root),
+        )
+        if root
+    )
+    wrote = (
+        f"Ingested {study.source}: {study.n_patterns} patterns, dose {study.dose:g}; "
+        f"{len(study.files)} files in {' and '.join(map(shown, folders))}"
+    )
+    command = (
+        f'Next: kedro run --pipeline ptychi_baseline --params "study.doses='
+        f'[{study.dose!r}]{roots}"'
+    )
+    return wrote, command
 
 
 def status_line(progress: StudyProgress) -> str:
@@ -277,6 +316,7 @@ class StudyRun:
         self._epochs = _EpochHandler(self)
         self._open = False
         self._opened_at = time.time()
+        self._next: list[str] = []  # what a person runs next, after the summary
 
     def open(self) -> None:
         """Start the log file, listen for epochs, show the display."""
@@ -307,6 +347,12 @@ class StudyRun:
             lines.append(self._view.due())
         self._show(lines)
 
+    def ingested(self, study: StudyFiles) -> None:
+        """A node returned a measured scan's study files: say where, and what next."""
+        wrote, command = ingested_lines(study, self._paths)
+        self._next.append(command)
+        self._show([wrote])
+
     def _show(self, lines: list[str | None]) -> None:
         for line in lines:
             if line is not None:
@@ -328,7 +374,8 @@ class StudyRun:
         summary = closing_summary(
             self.progress, manifest, where, error, self._opened_at, compared
         )
-        for line in ["", *summary]:
+        after = ["", *self._next] if self._next else []
+        for line in ["", *summary, *after]:
             self._console.print(line, markup=False, highlight=False, soft_wrap=True)
         if self._log:
             self._log.close()

@@ -421,6 +421,7 @@ def engine_inputs(
         arrays["ycoords"][rows],
         read_metadata(arrays).get("intensity_scale", 1.0),
         options.object_init,
+        arrays.get("bad_pixels"),
     )
     rescale = not engines.rescales_probe_itself(options.engine_spec, ptychi_options)
     inputs, power = task.starting_probe(inputs, options.probe_modes, rescale)

@@ -49,6 +49,7 @@ class PtychiInputs:
     probe_init: np.ndarray
     position_x_px: np.ndarray
     position_y_px: np.ndarray
+    valid_pixel_mask: np.ndarray | None = None  # DC in the corner, as the intensities
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ def to_ptychi_inputs(
     ycoords: np.ndarray,
     intensity_scale: float,
     object_init: str,
+    bad_pixels: np.ndarray | None = None,
 ) -> PtychiInputs:
     """Convert DATA-001 arrays to what pty-chi expects.
 
@@ -115,7 +117,8 @@ def to_ptychi_inputs(
     DATA-001 positions are probe centres in object pixels with footprint
     ``[y - N/2, y + N/2)``; pty-chi's are relative to the object's centre pixel
     ``round(H/2) - 0.5`` with footprint ``[p - (N-1)/2, ...]``, so the same object grid
-    gives ``p = y - round(H/2)``.
+    gives ``p = y - round(H/2)``. Bad pixels (centred, as the patterns) become
+    pty-chi's valid-pixel mask, shifted as the intensities are.
     """
     # pty-chi wants the DC term in the corner. Shifting here makes the one float32 copy
     # of the stack (scaled and squared in place); given that as a tensor with
@@ -139,6 +142,9 @@ def to_ptychi_inputs(
         probe_init=probe.astype(np.complex64)[None, None],
         position_x_px=np.asarray(xcoords, dtype=np.float64) - np.round(width / 2),
         position_y_px=np.asarray(ycoords, dtype=np.float64) - np.round(height / 2),
+        valid_pixel_mask=None
+        if bad_pixels is None
+        else np.fft.fftshift(~np.asarray(bad_pixels, dtype=bool)),
     )
 
 
@@ -247,6 +253,7 @@ def task_data(inputs: PtychiInputs) -> dict[str, Any]:
         "probe_data": inputs.probe_init,
         "probe_position_x_px": inputs.position_x_px,
         "probe_position_y_px": inputs.position_y_px,
+        "valid_pixel_mask": inputs.valid_pixel_mask,
     }
 
 
