@@ -18,6 +18,7 @@ import numpy as np
 from kedro.config import OmegaConfigLoader
 
 from fly64_recon.pipelines.simulate import nodes
+from fly64_recon.science import views
 from fly64_recon.settings import CONFIG_LOADER_ARGS
 from fly64_recon.study import StudyDesign
 
@@ -75,7 +76,7 @@ def simulate_dose(
             timed(
                 rows,
                 f"dose {dose:g}: {view} {split}",
-                nodes.select_view,
+                views.select_view,
                 phase_c,
                 params,
                 view=view,

@@ -20,7 +20,7 @@ from hypothesis.extra import numpy as hnp
 from scipy.spatial.distance import cdist, pdist
 
 from fly64_recon.contract import REQUIRED_KEYS, ContractError, validate
-from fly64_recon.pipelines.simulate import physics
+from fly64_recon.science import views
 
 PATH = "phase_c/dose_1000/patched_test.npz"
 OPTIONAL_KEYS = ("Y", "scan_index", "xcoords_start", "ycoords_start", "_metadata")
@@ -216,7 +216,7 @@ def nearest_distance(points: np.ndarray) -> np.ndarray:
 @SETTINGS
 @given(points_sets, thresholds)
 def test_nearest_neighbour_rule_is_the_definition(points, threshold):
-    keep = physics.nearest_neighbour_mask(points, threshold)
+    keep = views.nearest_neighbour_mask(points, threshold)
 
     np.testing.assert_array_equal(keep, nearest_distance(points) >= threshold)
 
@@ -224,7 +224,7 @@ def test_nearest_neighbour_rule_is_the_definition(points, threshold):
 @SETTINGS
 @given(points_sets, thresholds)
 def test_greedy_accepts_spaced_points_and_is_maximal(points, threshold):
-    accepted = physics.greedy_selection(points, threshold)
+    accepted = views.greedy_selection(points, threshold)
     rejected = np.setdiff1d(np.arange(len(points)), accepted)
 
     assert np.array_equal(accepted, np.unique(accepted))
@@ -238,7 +238,7 @@ def test_greedy_accepts_spaced_points_and_is_maximal(points, threshold):
 @SETTINGS
 @given(points_sets, thresholds, st.integers(0, 45))
 def test_select_spaced_keeps_its_promise(points, threshold, min_positions):
-    keep, strategy = physics.select_spaced(points, threshold, min_positions)
+    keep, strategy = views.select_spaced(points, threshold, min_positions)
     isolated = np.flatnonzero(nearest_distance(points) >= threshold)
 
     if len(keep) > 1:

@@ -30,7 +30,7 @@ import yaml
 from conftest import PROJECT_ROOT, simulate_phase_c, tiny_simulate_params
 
 from fly64_recon.datasets import JobArtifacts, JobFolderDataset, npz_bytes
-from fly64_recon.pipelines.simulate import nodes as simulate_nodes
+from fly64_recon.science import views
 from fly64_recon.study import Job, StudyDesign
 
 pytestmark = pytest.mark.e2e
@@ -114,7 +114,7 @@ def write_study(root: Path, doses: Iterable[float]) -> Study:
             arrays = baseline[job.split]
             if job.view != "baseline":
                 overlap = design.overlap_of(job.view)
-                arrays = simulate_nodes.select_view(
+                arrays = views.select_view(
                     arrays, params, view=job.view, overlap=overlap
                 )
             path = study.input_path(job)

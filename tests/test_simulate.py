@@ -11,6 +11,7 @@ from scipy.spatial.distance import pdist
 
 from fly64_recon.contract import read_metadata, validate
 from fly64_recon.pipelines.simulate import create_pipeline, nodes, physics
+from fly64_recon.science import views
 from fly64_recon.study import Job, StudyDesign, StudyDesignError, spacing_threshold
 
 DOSES = (1000.0, 100000.0)
@@ -74,7 +75,7 @@ def phase_c(params, truth) -> dict[float, dict[str, dict[str, np.ndarray]]]:
 def phase_d(params, phase_c) -> dict[tuple[float, str, str], dict[str, np.ndarray]]:
     """Phase D files by (dose, view, split)."""
     return {
-        (dose, view, split): nodes.select_view(
+        (dose, view, split): views.select_view(
             phase_c[dose][split], params, view=view, overlap=overlap
         )
         for dose in DOSES
@@ -282,13 +283,13 @@ def test_every_view_records_its_measured_overlap_and_photons(phase_c, phase_d):
 
 def test_nearest_neighbour_rule_keeps_well_spaced_points():
     grid = np.stack(np.meshgrid(np.arange(5.0), np.arange(4.0)), -1).reshape(-1, 2)
-    keep, strategy = physics.select_spaced(grid * 20 + 10, 19.2, 10)
+    keep, strategy = views.select_spaced(grid * 20 + 10, 19.2, 10)
     assert strategy == "nearest_neighbour" and len(keep) == 20
 
 
 def test_nearest_neighbour_rule_drops_close_pairs():
     points = np.array([[0.0, 0.0], [0.0, 5.0], [50.0, 0.0], [0.0, 50.0], [50.0, 50]])
-    assert physics.nearest_neighbour_mask(points, 10.0).tolist() == [
+    assert views.nearest_neighbour_mask(points, 10.0).tolist() == [
         False,
         False,
         True,
@@ -299,7 +300,7 @@ def test_nearest_neighbour_rule_drops_close_pairs():
 
 def test_greedy_fallback_triggers_and_respects_spacing():
     points = np.random.default_rng(0).uniform(0, 200, (600, 2))
-    keep, strategy = physics.select_spaced(points, 25.0, 20)
+    keep, strategy = views.select_spaced(points, 25.0, 20)
     assert strategy == "greedy" and len(keep) >= 20
     assert pdist(points[keep]).min() >= 25.0
     assert np.array_equal(keep, np.sort(keep))
@@ -318,7 +319,7 @@ def test_greedy_matches_the_rule_by_brute_force(threshold):
     points = np.random.default_rng(1).uniform(0, 100, (300, 2))
     # A point exactly at the threshold is far enough.
     points = np.vstack([points, points[:1] + [0.0, threshold]])
-    keep = physics.greedy_selection(points, threshold)
+    keep = views.greedy_selection(points, threshold)
     assert keep.tolist() == brute_force_greedy(points, threshold)
 
 
@@ -361,7 +362,7 @@ def test_ground_truth_patches_on_request(params, truth):
         truth[1], np.stack([arrays["ycoords"], arrays["xcoords"]], 1), 16
     )
     assert np.array_equal(arrays["Y"], expected)
-    view = nodes.select_view(arrays, with_y, view="sparse", overlap=0.2)
+    view = views.select_view(arrays, with_y, view="sparse", overlap=0.2)
     rows = np.searchsorted(arrays["scan_index"], view["scan_index"])
     assert np.array_equal(view["Y"], arrays["Y"][rows])
 
@@ -369,7 +370,7 @@ def test_ground_truth_patches_on_request(params, truth):
 def test_a_position_error_is_recorded_and_the_truth_kept(params, truth, phase_c):
     shaken = {**params, "scan": {**params["scan"], "position_error": 1.5}}
     files = nodes.simulate_dose(*truth, shaken, dose=1000.0, splits=("train", "test"))
-    view = nodes.select_view(files["test"], shaken, view="sparse", overlap=0.2)
+    view = views.select_view(files["test"], shaken, view="sparse", overlap=0.2)
     scan = truth[2]
 
     errors = []

@@ -14,8 +14,7 @@ import numpy as np
 
 from fly64_recon.contract import read_metadata
 from fly64_recon.datasets.scan_file import MeasuredScan
-from fly64_recon.pipelines.simulate import nodes as simulate
-from fly64_recon.pipelines.simulate import physics
+from fly64_recon.science import views
 from fly64_recon.science.geometry import GEOMETRY_KEYS, Geometry
 from fly64_recon.study import Job, StudyFiles
 
@@ -65,10 +64,10 @@ def measured_phase_c(
         scan, counts, diameter_m / pixel_m if diameter_m else None
     )
     positions = np.stack([frame.ycoords, frame.xcoords], axis=1)
-    train, test, middle = physics.split_by_y(positions)
+    train, test, middle = views.split_by_y(positions)
     metadata = {
         "source": SOURCE,
-        "source_file": scan.source,
+        "scan_file": scan.source,
         "reader": scan.reader,
         "ground_truth": False,
         "dose": float(dose),
@@ -103,12 +102,12 @@ def measured_phase_c(
             arrays["bad_pixels"] = scan.bad_pixels
         files[split] = {
             **arrays,
-            "_metadata": simulate.metadata_array(
+            "_metadata": views.metadata_array(
                 {
                     **metadata,
                     "split": split,
                     "n_positions": len(rows),
-                    **simulate.scan_metadata(
+                    **views.scan_metadata(
                         probe,
                         frame.xcoords[rows],
                         frame.ycoords[rows],
@@ -222,7 +221,7 @@ def measured_view(
 ) -> dict[str, dict[str, np.ndarray]]:
     """A Phase D view of each split, selected as the simulate pipeline selects it."""
     return {
-        split: simulate.select_view(arrays, simulate_params, view=view, overlap=overlap)
+        split: views.select_view(arrays, simulate_params, view=view, overlap=overlap)
         for split, arrays in phase_c.items()
     }
 
@@ -236,7 +235,7 @@ def study_tree(
     files = {"baseline": phase_c, **views}
     return StudyFiles(
         dose=metadata["dose"],
-        source=metadata["source_file"],
+        source=metadata["scan_file"],
         files={
             Job(metadata["dose"], view, split): arrays
             for view, splits in files.items()

@@ -12,7 +12,7 @@ from fly64_recon.study import StudyDesign
 def create_pipeline(*, design: StudyDesign) -> Pipeline:
     """``ingest.scan`` (the catalog reads it) to ``ingest.study_tree`` (one NPZ per
     job's input, in the dose folder the scan's photons name)."""
-    views = [
+    selections = [
         Node(
             bind(nodes.measured_view, view=view, overlap=design.overlap_of(view)),
             ["phase_c", "params:simulate"],
@@ -29,7 +29,7 @@ def create_pipeline(*, design: StudyDesign) -> Pipeline:
                 "phase_c",
                 name="measured_phase_c",
             ),
-            *views,
+            *selections,
             Node(
                 nodes.study_tree,
                 {"phase_c": "phase_c", **{v: v for v in design.phase_d_views}},

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
 
-from fly64_recon.contract import read_metadata
 from fly64_recon.pipelines.simulate import physics
-from fly64_recon.science import beam
-from fly64_recon.study import Job, spacing_threshold
+from fly64_recon.science import views
 
 SOURCE = "fly64_recon.simulate"
-# Keys whose first axis runs over scan positions; a view subsets exactly these.
-PER_POSITION_KEYS = (
-    "diffraction",
-    "xcoords",
-    "ycoords",
-    "xcoords_true",
-    "ycoords_true",
-    "scan_index",
-    "Y",
-)
-
 logger = logging.getLogger(__name__)
 
 
@@ -110,7 +95,7 @@ def simulate_dose(
     when that is above 0).
     """
     recorded = recorded_scan(scan, params)
-    train, test, middle = physics.split_by_y(scan)
+    train, test, middle = views.split_by_y(scan)
     indices = {"train": train, "test": test}
     # Simulating split by split keeps each split's patterns contiguous (no copies).
     order = np.concatenate([train, test])
@@ -151,7 +136,7 @@ def simulate_dose(
                 **metadata,
                 "split": split,
                 "n_positions": len(indices[split]),
-                **scan_metadata(
+                **views.scan_metadata(
                     probe,
                     recorded[indices[split], 1],
                     recorded[indices[split], 0],
@@ -164,86 +149,6 @@ def simulate_dose(
         )
         for split in splits
     }
-
-
-def scan_metadata(
-    probe: np.ndarray,
-    xcoords: np.ndarray,
-    ycoords: np.ndarray,
-    shape: tuple[int, int],
-    dose: float,
-    fraction: float,
-    what: str,
-) -> dict[str, float]:
-    """The measured overlap and photons per lit pixel of a view, for its metadata."""
-    measured = beam.describe_scan(probe, xcoords, ycoords, shape, dose, fraction)
-    warning = beam.overlap_warning(measured["overlap"])
-    if warning:
-        logger.warning("%s: %s", what, warning)
-    return {
-        "measured_overlap": measured["overlap"],
-        "probe_diameter_px": measured["probe_diameter_px"],
-        "photons_per_px2": measured["photons_per_px2"],
-        "lit_area_px": measured["lit_area_px"],
-        "illumination_fraction": fraction,
-    }
-
-
-def select_view(
-    phase_c: dict[str, np.ndarray],
-    params: dict[str, Any],
-    *,
-    view: str,
-    overlap: float,
-) -> dict[str, np.ndarray]:
-    """The Phase D file of one view: the Phase C positions that obey its spacing."""
-    metadata = read_metadata(phase_c)
-    positions = np.stack([phase_c["ycoords"], phase_c["xcoords"]], axis=1)
-    threshold = spacing_threshold(overlap, phase_c["diffraction"].shape[-1])
-    keep, strategy = physics.select_spaced(
-        positions, threshold, params["min_view_positions"]
-    )
-    if len(keep) < params["min_view_positions"]:
-        logger.warning(
-            "%s view of the %s split at dose %g keeps %d positions, fewer than "
-            "min_view_positions=%d",
-            view,
-            metadata["split"],
-            metadata["dose"],
-            len(keep),
-            params["min_view_positions"],
-        )
-    source = Job(metadata["dose"], "baseline", metadata["split"]).input_relpath
-    metadata.update(
-        overlap_view=view,
-        overlap_fraction=overlap,
-        spacing_threshold=threshold,
-        source_file=PurePosixPath(source).name,
-        n_positions=len(keep),
-        n_accepted=len(keep),
-        n_rejected=len(positions) - len(keep),
-        acceptance_rate=len(keep) / len(positions),
-        selection_strategy=strategy,
-        **scan_metadata(
-            phase_c["probeGuess"],
-            phase_c["xcoords"][keep],
-            phase_c["ycoords"][keep],
-            phase_c["objectGuess"].shape,
-            metadata["dose"],
-            params["illumination_fraction"],
-            f"{view} view of the {metadata['split']} split at dose {metadata['dose']:g}",
-        ),
-    )
-    arrays = {
-        key: value[keep] if key in PER_POSITION_KEYS else value
-        for key, value in phase_c.items()
-    }
-    return {**arrays, "_metadata": metadata_array(metadata)}
-
-
-def metadata_array(metadata: dict[str, Any]) -> np.ndarray:
-    """``_metadata`` as the 0-d unicode array DATA-001 stores."""
-    return np.array(json.dumps(metadata))
 
 
 def _phase_c_file(
@@ -272,4 +177,4 @@ def _phase_c_file(
         arrays["Y"] = np.ascontiguousarray(
             physics.extract_patches(obj, scan[index], probe.shape[-1])
         )
-    return {**arrays, "_metadata": metadata_array(metadata)}
+    return {**arrays, "_metadata": views.metadata_array(metadata)}

@@ -1,4 +1,4 @@
-"""Synthetic ptychography: probe, object, scan, far-field counts and spacing views.
+"""Synthetic ptychography: probe, object, scan and far-field counts.
 
 Pure array code (numpy, with scipy's FFT and KD-tree). Conventions, shared with
 ``fly64_recon.contract`` and pty-chi:
@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.fft as sfft
-from scipy.spatial import cKDTree
 
 SCAN_PATTERNS = ("fly", "random")
 # Independent random streams of one simulation seed.
@@ -292,49 +291,6 @@ def simulate_amplitudes(
 def photon_counts(amplitudes: np.ndarray, scale: float) -> np.ndarray:
     """The Poisson counts behind stored amplitudes: ``round((amplitude * scale)^2)``."""
     return np.rint((amplitudes.astype(np.float64) * scale) ** 2).astype(np.int64)
-
-
-def split_by_y(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Indices with y below and at-or-above the midpoint of the scanned y range."""
-    y = positions[:, 0]
-    middle = float((y.min() + y.max()) / 2)
-    return np.flatnonzero(y < middle), np.flatnonzero(y >= middle), middle
-
-
-def nearest_neighbour_mask(positions: np.ndarray, threshold: float) -> np.ndarray:
-    """Positions whose nearest neighbour is at least ``threshold`` away."""
-    if len(positions) < 2:
-        return np.ones(len(positions), dtype=bool)
-    distance, _ = cKDTree(positions).query(positions, k=2)
-    return distance[:, 1] >= threshold
-
-
-def greedy_selection(positions: np.ndarray, threshold: float) -> np.ndarray:
-    """Visit positions by y then x; accept one at least ``threshold`` from all accepted.
-
-    Returns the accepted indices in ascending (scan) order.
-    """
-    tree = cKDTree(positions)
-    blocked = np.zeros(len(positions), dtype=bool)
-    accepted = []
-    for i in np.lexsort((positions[:, 1], positions[:, 0])):
-        if blocked[i]:
-            continue
-        accepted.append(i)
-        near = np.asarray(tree.query_ball_point(positions[i], threshold), dtype=int)
-        gap = positions[near] - positions[i]
-        blocked[near[np.sqrt((gap**2).sum(axis=1)) < threshold]] = True
-    return np.sort(np.asarray(accepted, dtype=np.int64))
-
-
-def select_spaced(
-    positions: np.ndarray, threshold: float, min_positions: int
-) -> tuple[np.ndarray, str]:
-    """The spacing rule: nearest-neighbour filter, greedy when too few pass."""
-    keep = np.flatnonzero(nearest_neighbour_mask(positions, threshold))
-    if len(keep) >= min_positions:
-        return keep, "nearest_neighbour"
-    return greedy_selection(positions, threshold), "greedy"
 
 
 def _chunks(n: int, size: int) -> list[slice]:

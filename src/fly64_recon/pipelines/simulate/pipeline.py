@@ -6,6 +6,7 @@ from kedro.pipeline import Node, Pipeline
 
 from fly64_recon.pipelines import bind
 from fly64_recon.pipelines.simulate import nodes
+from fly64_recon.science import views
 from fly64_recon.study import Job, StudyDesign, dose_namespace
 
 
@@ -33,9 +34,9 @@ def _dose_pipeline(design: StudyDesign, dose: float) -> Pipeline:
         {split: f"baseline_{split}" for split in design.splits},
         name="simulate_dose",
     )
-    views = [
+    selections = [
         Node(
-            bind(nodes.select_view, view=view, overlap=design.overlap_of(view)),
+            bind(views.select_view, view=view, overlap=design.overlap_of(view)),
             [f"baseline_{split}", "params:simulate"],
             f"{view}_{split}",
             name=f"select_{view}_{split}",
@@ -44,7 +45,7 @@ def _dose_pipeline(design: StudyDesign, dose: float) -> Pipeline:
         for split in design.splits
     ]
     return Pipeline(
-        [simulate, *views],
+        [simulate, *selections],
         namespace=f"simulate.{dose_namespace(dose)}",
         inputs={name: f"simulate.{name}" for name in ("probe", "object", "scan")},
         outputs={
