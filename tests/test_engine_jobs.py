@@ -174,7 +174,7 @@ def test_position_correction_refines_the_recorded_positions(shaken_file, tmp_pat
     lsqml = {"reconstructor_options": {"num_epochs": 50, "batch_size": 16}}
     lsqml["probe_position_options"] = REFINE
     params = {**PARAMS, "cpu_threads": 1, "lsqml": lsqml}
-    params["convergence"] = {"window": 50}  # all 50 epochs
+    params["convergence"] = {**PARAMS["convergence"], "stop": False}  # all 50 epochs
 
     out = run(source_of(shaken_file, tmp_path), params)
 

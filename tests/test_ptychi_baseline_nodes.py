@@ -261,7 +261,8 @@ def test_a_failed_rerun_keeps_the_earlier_reconstruction(empty_folder):
 
 def test_a_job_stops_when_its_loss_stops_improving(source, empty_folder):
     capped = {"reconstructor_options": {"num_epochs": 40, "batch_size": 16}}
-    params = {**PARAMS, "lsqml": capped, "convergence": {"window": 2, "tolerance": 0.5}}
+    loss_rule = {**PARAMS["convergence"], "rule": "loss", "window": 2, "tolerance": 0.5}
+    params = {**PARAMS, "lsqml": capped, "convergence": loss_rule}
 
     out = nodes.reconstruct(
         nodes.validate_input(source, params, JOB), empty_folder.load(), GEOMETRY
@@ -274,11 +275,37 @@ def test_a_job_stops_when_its_loss_stops_improving(source, empty_folder):
     assert record["plateau_epoch"] == record["epochs_run"]
 
 
+@pytest.mark.parametrize("settled", [1e-9, 50.0])
+def test_the_object_rule_stops_a_job_whose_object_settled(
+    source, empty_folder, settled
+):
+    capped = {"reconstructor_options": {"num_epochs": 30, "batch_size": 16}}
+    rule = {**PARAMS["convergence"], "rule": "object", "span": 5, "settled": settled}
+    params = {**PARAMS, "lsqml": capped, "convergence": rule}
+
+    out = nodes.reconstruct(
+        nodes.validate_input(source, params, JOB), empty_folder.load(), GEOMETRY
+    )
+
+    record = out.record
+    assert record["stop_rule"] == "object"
+    assert set(record["object_change"]) == {"low", "high"}
+    if settled > 1:  # any change is settled: it stops at its first measurement
+        assert record["epochs_run"] == 10 and record["converged"] is True
+        assert record["stop_reason"] == "object_settled"
+        assert record["object_change"]["low"] < settled
+    else:  # nothing ever settles: the cap
+        assert record["epochs_run"] == 30 and record["converged"] is False
+        assert record["stop_reason"] == "epoch_cap"
+    assert record["epochs_run"] == len(out.arrays["loss"])
+
+
 def test_a_job_told_not_to_stop_runs_its_cap_and_says_where_it_plateaued(
     source, empty_folder
 ):
     capped = {"reconstructor_options": {"num_epochs": 40, "batch_size": 16}}
-    judge = {"window": 2, "tolerance": 0.5, "stop": False}
+    judge = {**PARAMS["convergence"], "rule": "loss", "window": 2, "tolerance": 0.5}
+    judge["stop"] = False
     params = {**PARAMS, "lsqml": capped, "convergence": judge}
 
     out = nodes.reconstruct(
@@ -294,7 +321,8 @@ def test_a_job_told_not_to_stop_runs_its_cap_and_says_where_it_plateaued(
 def test_a_job_stopped_by_the_cap_while_improving_is_not_converged(
     source, empty_folder
 ):
-    params = {**PARAMS, "convergence": {"window": 1, "tolerance": 0.0}}
+    loss_rule = {**PARAMS["convergence"], "rule": "loss", "window": 1, "tolerance": 0.0}
+    params = {**PARAMS, "convergence": loss_rule}
 
     out = nodes.reconstruct(
         nodes.validate_input(source, params, JOB), empty_folder.load(), GEOMETRY

@@ -125,11 +125,16 @@ class JobRecord:
     # What the loss reaches for a reconstruction that explains its patterns down to
     # their shot noise (science.beam.shot_noise_loss; LSQML's Gaussian loss only).
     loss_floor: float | None = None
-    # How the reconstruction ended (convergence.Verdict): epochs run, why it stopped,
-    # and the first epoch at which the loss had stopped improving.
+    # How the reconstruction ended (convergence.Verdict): epochs run, the rule that
+    # judged, why it stopped, and the first epoch at which the loss had stopped
+    # improving.
     epochs_run: int | None = None
+    stop_rule: str | None = None  # object or loss (None: the engine is not judged)
     stop_reason: str | None = None
     converged: bool | None = None
+    # The object rule's last measurement: its change over ``span`` epochs, in noise
+    # floors, at low and at high spatial frequencies.
+    object_change: Mapping[str, float] | None = None
     plateau_epoch: int | None = None
     # The scan as the beam saw it (fly64_recon.science.beam).
     probe_diameter_px: float | None = None

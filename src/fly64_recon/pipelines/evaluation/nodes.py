@@ -106,8 +106,10 @@ def measure(
         "data_fit": m.data_fit(arrays["loss"]),
         "convergence": {
             "epochs_run": record.epochs_run,
+            "stop_rule": record.stop_rule,
             "stop_reason": record.stop_reason,
             "converged": record.converged,
+            "object_change": record.object_change,
             "plateau_epoch": record.plateau_epoch,
         },
     }
@@ -181,10 +183,15 @@ def not_converged(record: JobRecord) -> str:
             f"{record.epochs_run} epochs"
         )
     key = (record.engine or "LSQML").lower()
+    still = "the loss was still improving"
+    if record.stop_rule == "object" and record.object_change:
+        still = (
+            f"the object still changed by {record.object_change['low']:.2g} noise "
+            "floors (ptychi_baseline.convergence.settled)"
+        )
     return (
         f"not converged: stopped by the epoch cap ({record.epochs_run} epochs) while "
-        f"the loss was still improving; raise "
-        f"ptychi_baseline.{key}.reconstructor_options.num_epochs"
+        f"{still}; raise ptychi_baseline.{key}.reconstructor_options.num_epochs"
     )
 
 

@@ -164,7 +164,7 @@ def _flag_lines(jobs: Sequence[Job]) -> list[str]:
 
 
 def _convergence_lines(jobs: Sequence[Job]) -> list[str]:
-    """Which jobs stopped because the loss stopped improving, and which did not."""
+    """Which jobs converged by their rule, and which did not."""
     verdicts = {job["namespace"]: job.get("convergence", {}) for job in jobs}
     stopped = [job for job in jobs if verdicts[job["namespace"]].get("converged")]
     unjudged = [
@@ -172,9 +172,15 @@ def _convergence_lines(jobs: Sequence[Job]) -> list[str]:
     ]
     rest = [job for job in jobs if job not in stopped and job not in unjudged]
     epochs = [job["data_fit"]["epochs"] for job in jobs]
+    rules = sorted({str(v.get("stop_rule") or "loss") for v in verdicts.values()})
+    meaning = {
+        "object": "the object had stopped changing against its noise floor",
+        "loss": "the loss had stopped improving",
+    }
     lines = [
-        f"{len(stopped)} of {len(jobs)} evaluated jobs converged (the loss had stopped "
-        f"improving by the end); epochs run: {min(epochs)}-{max(epochs)}."
+        f"{len(stopped)} of {len(jobs)} evaluated jobs converged ("
+        + " or ".join(meaning.get(rule, rule) for rule in rules)
+        + f" by the end); epochs run: {min(epochs)}-{max(epochs)}."
     ]
     ran_on = [
         plateau
@@ -185,8 +191,7 @@ def _convergence_lines(jobs: Sequence[Job]) -> list[str]:
     if ran_on:
         lines.append(
             f"{len(ran_on)} of them ran on past the epoch at which the loss stopped "
-            f"improving (epochs {min(ran_on)}-{max(ran_on)}; "
-            "ptychi_baseline.convergence.stop: false)."
+            f"improving (epochs {min(ran_on)}-{max(ran_on)})."
         )
     lines += [
         f"- `{job['namespace']}` did not converge: "

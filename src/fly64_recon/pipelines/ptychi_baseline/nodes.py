@@ -11,7 +11,7 @@ import io
 import logging
 import math
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -36,15 +36,23 @@ from fly64_recon.record import (
     report_epoch,
 )
 from fly64_recon.science import beam
-from fly64_recon.science.convergence import StoppingRule, StopReason
+from fly64_recon.science.convergence import (
+    ChangeScale,
+    ObjectRule,
+    StoppingRule,
+    StopReason,
+)
 from fly64_recon.science.scoring import (
     PHOTON_CHUNK,
     has_ground_truth,
+    job_footing,
     photons_per_pattern,
 )
 from fly64_recon.study import Job
 
 logger = logging.getLogger(__name__)
+
+Rule = StoppingRule | ObjectRule  # what decides when a job has converged
 
 
 class MissingInputError(FileNotFoundError):
@@ -210,13 +218,12 @@ def _run_job(
     """Reconstruct; the record says how it ended, the arrays are there on success."""
     indices = subsample(len(checked.arrays["diffraction"]), checked.options)
     record = started(checked, record, indices)
-    rule = stopping_rule(checked.options)
     try:
         record, plan = set_up(checked, record, _rows(indices, record.n_patterns_total))
-        result, halves = reconstructions(plan, checked, rule, record)
+        result, halves = reconstructions(plan, checked, record)
     except Exception as error:  # noqa: BLE001 - any failure is this job's, not the study's
         return failed(checked, record, error), None
-    done = succeeded(record, result, rule)
+    done = succeeded(record, result, plan.rule)
     return done, made(result, checked.arrays, indices, halves, done.engine)
 
 
@@ -235,9 +242,22 @@ def started(checked: CheckedInput, record: JobRecord, indices: np.ndarray) -> Jo
     )
 
 
-def stopping_rule(options: BaselineOptions) -> StoppingRule | None:
-    """The convergence rule, for an engine whose loss is a data misfit (else none)."""
-    return options.stopping_rule() if options.engine_spec.loss_is is None else None
+def stopping_rule(checked: CheckedInput, rows: np.ndarray | slice) -> Rule | None:
+    """The job's convergence rule, for an engine whose loss is a data misfit (else
+    none); the object rule measures against the job's lit pixels and photons."""
+    options = checked.options
+    if options.engine_spec.loss_is is not None:
+        return None
+    convergence = options.convergence_options()
+    if convergence.rule == "loss":
+        return convergence.loss_rule()
+    footing = job_footing(
+        checked.arrays,
+        None if isinstance(rows, slice) else rows,
+        options.illumination_fraction,
+    )
+    scale = ChangeScale.of(footing.mask, footing.photons, checked.arrays["probeGuess"])
+    return convergence.for_job(scale)
 
 
 @dataclass(frozen=True)
@@ -247,6 +267,7 @@ class Plan:
     device: str
     ptychi_options: Any
     inputs: task.PtychiInputs
+    rule: Rule | None
 
 
 def set_up(
@@ -262,6 +283,9 @@ def set_up(
         )
     device = task.resolve_device(options.device)
     ptychi_options = options.ptychi_options(device)
+    gpu_cap = options.convergence_options().gpu_epoch_cap
+    if device.startswith("cuda") and gpu_cap is not None:
+        ptychi_options.reconstructor_options.num_epochs = gpu_cap
     scan = scan_fields(checked, rows)
     floor = loss_floor(checked, rows, ptychi_options)
     inputs, power = engine_inputs(checked, rows, ptychi_options)
@@ -274,14 +298,11 @@ def set_up(
         probe_power_rescale=power,
         loss_floor=floor,
     )
-    return record, Plan(device, ptychi_options, inputs)
+    return record, Plan(device, ptychi_options, inputs, stopping_rule(checked, rows))
 
 
 def reconstructions(
-    plan: Plan,
-    checked: CheckedInput,
-    rule: StoppingRule | None,
-    record: JobRecord,
+    plan: Plan, checked: CheckedInput, record: JobRecord
 ) -> tuple[task.EngineResult, list[np.ndarray] | None]:
     """The job's reconstruction, and the two from interleaved halves if it makes them."""
 
@@ -290,7 +311,7 @@ def reconstructions(
             part,
             plan.ptychi_options,
             plan.device,
-            EpochMonitor(rule, checked.job.namespace, record.num_epochs),
+            EpochMonitor(plan.rule, checked.job.namespace, record.num_epochs),
             checked.options.cpu_threads,
         )
         _check_result(result)
@@ -312,7 +333,7 @@ def failed(checked: CheckedInput, record: JobRecord, error: Exception) -> JobRec
 
 
 def succeeded(
-    record: JobRecord, result: task.EngineResult, rule: StoppingRule | None
+    record: JobRecord, result: task.EngineResult, rule: Rule | None
 ) -> JobRecord:
     """The record of a job that reconstructed: where, how long, how it ended, and
     whether it explains its own patterns."""
@@ -448,21 +469,24 @@ def ran_with(ptychi_options: Any) -> dict[str, Any]:
     }
 
 
-def ending(rule: StoppingRule | None, loss: np.ndarray) -> dict[str, Any]:
+def ending(rule: Rule | None, loss: np.ndarray) -> dict[str, Any]:
     """How the run ended: the rule's verdict, or (no rule) the cap and no judgement."""
     if rule is None:
-        stop = StopReason.EPOCH_CAP.value
         return {
             "epochs_run": len(loss),
-            "stop_reason": stop,
+            "stop_rule": None,
+            "stop_reason": StopReason.EPOCH_CAP.value,
             "converged": None,
+            "object_change": None,
             "plateau_epoch": None,
         }
     verdict = rule.final(loss)
     return {
         "epochs_run": verdict.epochs_run,
+        "stop_rule": rule.name,
         "stop_reason": verdict.stop_reason.value,
         "converged": verdict.converged,
+        "object_change": verdict.object_change,
         "plateau_epoch": rule.plateau_epoch(loss),
     }
 
@@ -472,14 +496,16 @@ class EpochMonitor:
     """After each epoch: a non-finite loss fails the job, the epoch goes to the study's
     console, and the stopping rule, if there is one, may end the job."""
 
-    rule: StoppingRule | None
+    rule: Rule | None
     namespace: str
     num_epochs: int
 
-    def __call__(self, loss: np.ndarray) -> bool:
+    def __call__(
+        self, loss: np.ndarray, current_object: Callable[[], np.ndarray] | None = None
+    ) -> bool:
         _check_finite(len(loss) - 1, float(loss[-1]))
         report_epoch(self.namespace, len(loss), self.num_epochs, float(loss[-1]))
-        return self.rule is not None and self.rule.should_stop(loss)
+        return self.rule is not None and self.rule.should_stop(loss, current_object)
 
 
 def scan_fields(checked: CheckedInput, rows: np.ndarray | slice) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from importlib.metadata import version
 from typing import Any
 
 from fly64_recon.pipelines.ptychi_baseline import engines
-from fly64_recon.science.convergence import StoppingRule
+from fly64_recon.science.convergence import Convergence
 
 OBJECT_INITS = ("flat", "ground_truth")
 HALF_DATASET_CHOICES = ("auto", True, False)
@@ -33,8 +33,8 @@ class BaselineOptions:
     object_init: str
     max_patterns: int | None
     subsample_seed: int
-    # Stop when the loss improved by less than ``tolerance`` over ``window`` epochs
-    # (``stop: false``: judge only); the engine's ``num_epochs`` is the cap.
+    # Which rule stops a job and its settings (science.convergence.Convergence); the
+    # engine's ``num_epochs`` is the cap (``gpu_epoch_cap`` on a GPU).
     convergence: Mapping[str, Any]
     # Two more reconstructions from interleaved halves, for the half-dataset FRC:
     # auto (when the data have no ground truth), true or false.
@@ -81,18 +81,23 @@ class BaselineOptions:
                 f"ptychi_baseline.illumination_fraction must be in (0, 1), "
                 f"got {self.illumination_fraction!r}"
             )
-        self.stopping_rule()  # its checks name a bad convergence parameter
+        self.convergence_options()  # its checks name a bad convergence parameter
 
-    def stopping_rule(self) -> StoppingRule:
-        """The convergence parameters as a rule."""
-        known = {f.name for f in fields(StoppingRule)}
+    def convergence_options(self) -> Convergence:
+        """The convergence parameters, checked: an unknown or missing one is named."""
+        known = {f.name for f in fields(Convergence)}
         unknown = sorted(set(self.convergence) - known)
-        if unknown:
+        missing = sorted(known - set(self.convergence))
+        if unknown or missing:
             raise ValueError(
-                f"ptychi_baseline.convergence: unknown parameter(s) {unknown}; "
-                f"known: {sorted(known)}"
+                "ptychi_baseline.convergence: "
+                + "; ".join(
+                    [f"unknown parameter(s) {unknown}"] * bool(unknown)
+                    + [f"missing parameter(s) {missing}"] * bool(missing)
+                )
+                + f"; known: {sorted(known)}"
             )
-        return StoppingRule(**self.convergence)
+        return Convergence(**self.convergence)
 
     def half_dataset(self, has_ground_truth: bool) -> bool:
         """Whether a job on data with (or without) a ground truth makes the halves."""

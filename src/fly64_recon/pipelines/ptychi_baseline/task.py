@@ -40,6 +40,10 @@ LAUNCHER_ENV = (
 )
 
 
+# After each epoch: the loss so far and a getter of the object; True stops the run.
+EpochCallback = Callable[[np.ndarray, Callable[[], np.ndarray]], bool]
+
+
 @dataclass(frozen=True)
 class PtychiInputs:
     """Arrays in pty-chi's conventions: intensities, (1, H, W) object, 4-D probe."""
@@ -200,7 +204,7 @@ def run_engine(
     inputs: PtychiInputs,
     options: Any,
     device: str,
-    on_epoch: Callable[[np.ndarray], bool] | None = None,
+    on_epoch: EpochCallback | None = None,
     cpu_threads: int | None = None,
 ) -> EngineResult:
     """Run the engine of ``options`` for its epochs, or until ``on_epoch`` (given the
@@ -308,17 +312,20 @@ def _synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def _run_epochs(
-    task: Any, num_epochs: int, on_epoch: Callable[[np.ndarray], bool] | None
-) -> None:
-    """Up to ``num_epochs``; ``on_epoch`` sees the loss so far and may stop the run."""
+def _run_epochs(task: Any, num_epochs: int, on_epoch: EpochCallback | None) -> None:
+    """Up to ``num_epochs``; ``on_epoch`` sees the loss so far (and, when it asks, the
+    object, copied to the CPU) and may stop the run."""
     if on_epoch is None:
         task.run()
         return
+
+    def current_object() -> np.ndarray:
+        return task.get_data_to_cpu("object", as_numpy=True)[0]
+
     for _ in range(num_epochs):
         task.run(n_epochs=1)
         loss = task.reconstructor.loss_tracker.table["loss"].to_numpy(np.float64)
-        if on_epoch(loss):
+        if on_epoch(loss, current_object):
             return
 
 
