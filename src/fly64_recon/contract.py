@@ -421,9 +421,9 @@ def _probe_power_warnings(probe: np.ndarray, pattern_power: float) -> list[str]:
 
 def _probe_centre_problems(probe: np.ndarray) -> list[Problem]:
     """A probe has its energy at its centre, as the patterns their DC term."""
-    if probe.shape[-1] < MIN_CENTRE_CHECK_SIZE:
-        return []
     intensity = np.abs(probe.astype(np.complex128)) ** 2
+    if probe.shape[-1] < MIN_CENTRE_CHECK_SIZE or not intensity.any():
+        return []  # an all-zero probe is refused on its own
     given = _mean_distance_from_centre(intensity)
     swapped = _mean_distance_from_centre(np.fft.fftshift(intensity))
     if given <= CORNER_DC_RATIO * swapped:

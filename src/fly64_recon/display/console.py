@@ -255,7 +255,7 @@ class LiveView:
 
 def render(progress: StudyProgress) -> RenderableType:
     """The live display: a bar and the status line, then a row per running job."""
-    running = sum(job.fraction for job in progress.running.values())
+    running = progress.running_work()
     bar = ProgressBar(
         total=max(progress.total, 1),
         completed=len(progress.finished) + running,

@@ -9,6 +9,7 @@ keeps it as a line. The display only listens.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -19,6 +20,7 @@ from fly64_recon.record import JobRecord, JobStatus
 # Finished jobs that did a reconstruction's work: the pace of the run is theirs.
 WORKED = (JobStatus.SUCCEEDED, JobStatus.FAILED)
 MIN_PACE_S = 2.0  # a pace measured over less says nothing
+UNFINISHED = 0.95  # the most a running job counts for, however far past its expectation
 
 
 @dataclass
@@ -30,10 +32,11 @@ class RunningJob:
     num_epochs: int | None = None
     loss: float | None = None
 
-    @property
-    def fraction(self) -> float:
-        """How much of its epochs it has done, 0 to 1."""
-        return min(self.epoch / self.num_epochs, 1.0) if self.num_epochs else 0.0
+    def fraction(self, expected: int | None) -> float:
+        """How much of its work it has done, 0 to 1: its epochs over those it is
+        expected to need (else its cap); short of 1 until it finishes."""
+        needs = min(filter(None, (expected, self.num_epochs)), default=None)
+        return min(self.epoch / needs, UNFINISHED) if needs else 0.0
 
 
 class StudyProgress:
@@ -111,12 +114,39 @@ class StudyProgress:
         """Seconds since the run started."""
         return self._clock() - self._started_at
 
+    def expected_epochs(self, namespace: str) -> int | None:
+        """The epochs a job is expected to need: the median of what the succeeded jobs
+        of its dose and view needed, else of its view, else of all (None before any):
+        the stopping rule, not the cap, ends most jobs."""
+        needed = [
+            (ns.split("."), record.epochs_run)
+            for ns, record in self.finished.items()
+            if record.status is JobStatus.SUCCEEDED and record.epochs_run
+        ]
+        dose, view = (namespace.split(".") + ["", ""])[:2]
+        for alike in (
+            lambda parts: parts[:2] == [dose, view],
+            lambda parts: parts[1:2] == [view],
+            lambda parts: True,
+        ):
+            epochs = [e for parts, e in needed if alike(parts)]
+            if epochs:
+                return int(statistics.median(epochs))
+        return None
+
+    def running_work(self) -> float:
+        """The running jobs' work done, in jobs."""
+        return sum(
+            job.fraction(self.expected_epochs(ns)) for ns, job in self.running.items()
+        )
+
     def remaining(self) -> float | None:
         """Seconds left at the jobs' pace so far, None until there is one.
 
-        The pace is jobs and epochs done per second since the first epoch was reported
-        (a job's first seconds import torch and pty-chi), or since the first job started
-        for jobs that report no epochs.
+        The pace is jobs done per second since the first epoch was reported (a job's
+        first seconds import torch and pty-chi), or since the first job started for
+        jobs that report no epochs; a running job counts for its epochs over those it
+        is expected to need (``expected_epochs``).
         """
         if self._pace is None:
             return None
@@ -124,10 +154,9 @@ class StudyProgress:
         done, seconds = self._done() - done_then, self._clock() - since
         if done <= 0 or seconds < MIN_PACE_S:
             return None
-        running = sum(job.fraction for job in self.running.values())
-        left = self.total - len(self.finished) - running
+        left = self.total - len(self.finished) - self.running_work()
         return left * seconds / done if left > 0 else None
 
     def _done(self) -> float:
         """Jobs' worth of reconstruction done: finished ones and running fractions."""
-        return self._worked + sum(job.fraction for job in self.running.values())
+        return self._worked + self.running_work()
