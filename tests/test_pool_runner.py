@@ -24,7 +24,12 @@ from fly64_recon import runner
 from fly64_recon.pipelines.evaluation import pipeline as evaluation
 from fly64_recon.pipelines.ptychi_baseline import pipeline as ptychi_baseline
 from fly64_recon.runner import DASK_EXTRA, MissingExtraError, PoolRunner, pool
-from fly64_recon.runner.groups import group_dependencies, node_groups, widest_level
+from fly64_recon.runner.groups import (
+    NodeGroup,
+    group_dependencies,
+    node_groups,
+    widest_level,
+)
 from fly64_recon.study import StudyDesign
 
 DESIGN = StudyDesign(doses=(1000.0, 100000.0), views=("baseline", "sparse"))
@@ -299,4 +304,22 @@ def test_kedro_run_with_the_dask_runner_without_dask_says_how_to_get_it(
     assert result.returncode == 1
     assert output.splitlines() == [
         f"Error: The Dask runner needs Dask, which is not installed: {DASK_EXTRA}"
+    ]
+
+
+def test_the_biggest_jobs_start_first_and_among_equals_the_highest_dose():
+    def group(name: str) -> NodeGroup:
+        return NodeGroup((Node(lambda x: x, "x", "y", name="n", namespace=name),))
+
+    jobs = [group(ns) for ns in ("dose_1e3.baseline.test", "dose_1e5.baseline.test")]
+    jobs += [group("dose_1e5.sparse.test"), group("make_report")]
+    patterns = dict(zip(jobs, (500, 500, 100, 0), strict=True))
+
+    ordered = [g.name for g in pool.start_order(jobs, patterns)]
+
+    assert ordered == [
+        "dose_1e5.baseline.test",
+        "dose_1e3.baseline.test",
+        "dose_1e5.sparse.test",
+        "make_report",
     ]

@@ -98,6 +98,7 @@ from fly64_recon.runner.worker import (
     run_group,
     start_worker,
 )
+from fly64_recon.study import Job, StudyDesignError
 
 logger = logging.getLogger(__name__)
 
@@ -468,15 +469,16 @@ class _DriverLoop:
             self.running[self.pool.submit(slot, task)] = _Running(group, slot)
 
     def _longest_first(self, ready: list[NodeGroup]) -> list[NodeGroup]:
-        """The ready groups, those with the most patterns to reconstruct first (the
-        order of the pipeline among equals); a group's input is read once, when it is
-        ready (a study simulated in the same run is then on disk)."""
+        """The ready groups, those with the most patterns to reconstruct first, then
+        the higher dose (the object rule runs it longer: docs/metrics.md), then the
+        order of the pipeline; a group's input is read once, when it is ready (a study
+        simulated in the same run is then on disk)."""
         unknown = [group for group in ready if group not in self.patterns]
         for group, shape in capacity.group_shapes(unknown, self.catalog).items():
             self.patterns[group] = shape.patterns
         for group in unknown:
             self.patterns.setdefault(group, 0)
-        return sorted(ready, key=lambda group: -self.patterns[group])
+        return start_order(ready, self.patterns)
 
     def _returned(self, group: NodeGroup) -> frozenset[str]:
         """The outputs that come back: all but MemoryDatasets used only in the group."""
@@ -564,3 +566,18 @@ class _DriverLoop:
                 f" on worker {worker}" if worker else "",
                 len(self.todo),
             )
+
+
+def start_order(
+    ready: list[NodeGroup], patterns: dict[NodeGroup, int]
+) -> list[NodeGroup]:
+    """Most patterns first; among equals the higher dose, then the pipeline's order."""
+    return sorted(ready, key=lambda group: (-patterns[group], -_dose(group)))
+
+
+def _dose(group: NodeGroup) -> float:
+    """The dose of a job's group (``dose_1e5.dense.test``), 0 for any other group."""
+    try:
+        return Job.from_namespace(group.name).dose
+    except StudyDesignError:
+        return 0.0
