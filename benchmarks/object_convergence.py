@@ -160,6 +160,17 @@ def object_changes(namespace: str, snapshots: Path, span: int) -> dict[int, floa
     }
 
 
+def n_patterns(namespace: str) -> int:
+    """The patterns of a job's input file."""
+    from fly64_recon.datasets import NPZSource  # noqa: PLC0415
+    from fly64_recon.study import Job  # noqa: PLC0415
+
+    job = Job.from_namespace(namespace)
+    root = "phase_c" if job.view == "baseline" else "phase_d"
+    source = NPZSource(str(PROJECT / "data/01_raw" / root / job.input_relpath))
+    return source.shapes(["diffraction"])["diffraction"][0]
+
+
 def object_rule_stop(changes: dict[int, float], settled: float, cap: int) -> int:
     """Where the object rule stops: the first measurement below ``settled``."""
     return next((e for e, low in changes.items() if low < settled), cap)
@@ -177,17 +188,20 @@ def table(path: Path, snapshots: Path) -> None:
     jobs within 2x their floor where the null is above 2x; no 1e3 job worse than the
     loss rule leaves it, by more than 2 %)."""
     jobs = curves(path)
+    patterns = {job: n_patterns(job) for job in jobs}
     today = {job: loss_rule_stop(rows) for job, rows in jobs.items()}
     stops = {"loss (today)": today, "cap": {job: 100 for job in jobs}}
     for span in (10, 20, 30):
         changes = {job: object_changes(job, snapshots, span) for job in jobs}
-        for settled in (0.05, 0.1, 0.15, 0.2, 0.3):
+        for settled in (0.1, 0.15, 0.2, 0.25, 0.3):
             stops[f"object {span}/{settled}"] = {
                 job: object_rule_stop(changes[job], settled, rows[-1]["epoch"])
                 for job, rows in jobs.items()
             }
+    cost_today = sum(patterns[job] * epochs for job, epochs in today.items())
     print(
-        f"{'rule':<14} {'epochs':>6} {'goal':>5} {'1e3':>3}  epochs:MAE/floor per job"
+        f"{'rule':<14} {'epochs':>6} {'work':>5} {'goal':>5} {'1e3':>3}  "
+        "epochs:MAE/floor per job (work: pattern-epochs over the loss rule's)"
     )
     for name, stop in stops.items():
         met, eligible, worse, cells = 0, 0, 0, []
@@ -201,8 +215,10 @@ def table(path: Path, snapshots: Path) -> None:
             )
             cells.append(f"{stop[job]}:{mae:.2f}")
         total = sum(stop.values())
+        work = sum(patterns[job] * epochs for job, epochs in stop.items()) / cost_today
         print(
-            f"{name:<14} {total:>6} {met:>2}/{eligible:<2} {worse:>3}  {' '.join(cells)}"
+            f"{name:<14} {total:>6} {work:>5.2f} {met:>2}/{eligible:<2} {worse:>3}  "
+            + " ".join(cells)
         )
     print("jobs:", " ".join(job.removeprefix("dose_") for job in jobs))
 

@@ -477,3 +477,24 @@ def test_the_jobs_own_warnings_are_its_flags_beside_its_scores(tmp_path):
     result = nodes.evaluate(artifacts, _source(tmp_path, truth), PARAMS, JOB)
 
     assert misfit in result["flags"]
+
+
+def test_an_unsettled_object_says_how_much_it_still_changed():
+    record = JobRecord(
+        Job(1e5, "baseline", "test"),
+        JobStatus.SUCCEEDED,
+        engine="LSQML",
+        epochs_run=100,
+        stop_rule="object",
+        stop_reason="epoch_cap",
+        converged=False,
+        object_change={"low": 0.279, "high": 0.72},
+    )
+
+    (flag,) = nodes.job_flags(record)
+
+    assert flag == (
+        "not converged: stopped by the epoch cap (100 epochs) while the object still "
+        "changed by 0.28 noise floors (ptychi_baseline.convergence.settled); raise "
+        "ptychi_baseline.lsqml.reconstructor_options.num_epochs"
+    )

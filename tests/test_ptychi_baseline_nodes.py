@@ -300,6 +300,16 @@ def test_the_object_rule_stops_a_job_whose_object_settled(
     assert record["epochs_run"] == len(out.arrays["loss"])
 
 
+@pytest.mark.parametrize(("device", "cap"), [("cpu", 2), ("cuda:0", 300)])
+def test_a_gpu_has_its_own_epoch_cap(device, cap):
+    options = BaselineOptions.from_params(PARAMS)
+    ptychi_options = options.ptychi_options("cpu")
+
+    nodes.capped(ptychi_options, device, options.convergence_options().gpu_epoch_cap)
+
+    assert ptychi_options.reconstructor_options.num_epochs == cap
+
+
 def test_a_job_told_not_to_stop_runs_its_cap_and_says_where_it_plateaued(
     source, empty_folder
 ):

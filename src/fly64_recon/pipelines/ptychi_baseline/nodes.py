@@ -283,9 +283,7 @@ def set_up(
         )
     device = task.resolve_device(options.device)
     ptychi_options = options.ptychi_options(device)
-    gpu_cap = options.convergence_options().gpu_epoch_cap
-    if device.startswith("cuda") and gpu_cap is not None:
-        ptychi_options.reconstructor_options.num_epochs = gpu_cap
+    capped(ptychi_options, device, options.convergence_options().gpu_epoch_cap)
     scan = scan_fields(checked, rows)
     floor = loss_floor(checked, rows, ptychi_options)
     inputs, power = engine_inputs(checked, rows, ptychi_options)
@@ -299,6 +297,12 @@ def set_up(
         loss_floor=floor,
     )
     return record, Plan(device, ptychi_options, inputs, stopping_rule(checked, rows))
+
+
+def capped(ptychi_options: Any, device: str, gpu_epoch_cap: int | None) -> None:
+    """On a GPU, the cap is ``gpu_epoch_cap`` (an epoch costs a fraction of the CPU's)."""
+    if device.startswith("cuda") and gpu_epoch_cap is not None:
+        ptychi_options.reconstructor_options.num_epochs = gpu_epoch_cap
 
 
 def reconstructions(
