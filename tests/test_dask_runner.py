@@ -304,11 +304,11 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_rerun(
         original = task.run_engine
 
         def crash_once(inputs, options, device, on_epoch, cpu_threads):
-            def epoch_done(loss):
+            def epoch_done(loss, current_object):
                 with suppress(FileExistsError):
                     os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
                     os._exit(1)
-                return on_epoch(loss)
+                return on_epoch(loss, current_object)
 
             return original(inputs, options, device, epoch_done, cpu_threads)
 

@@ -498,3 +498,6 @@ def test_an_unsettled_object_says_how_much_it_still_changed():
         "changed by 0.28 noise floors (ptychi_baseline.convergence.settled); raise "
         "ptychi_baseline.lsqml.reconstructor_options.num_epochs"
     )
+
+    early = replace(record, epochs_run=12, object_change=None)
+    assert "before the object rule's first measurement" in nodes.job_flags(early)[0]

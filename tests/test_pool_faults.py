@@ -84,6 +84,10 @@ def faulty_run(tmp_path_factory: pytest.TempPathFactory):
         "FLY64_CUDA_ERROR_JOB": POISONED,
         "OMP_NUM_THREADS": "1",
         "COLUMNS": "120",
+        # The sitecustomize above loads Kedro's logging into every interpreter, the
+        # multiprocessing resource tracker's too, which then logs its shutdown warning
+        # about the semaphore the killed worker held to a console already closed.
+        "PYTHONWARNINGS": "ignore:resource_tracker:UserWarning",
     }
     artifacts = root / "out"
     done = run_kedro(

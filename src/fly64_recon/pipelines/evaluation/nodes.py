@@ -184,10 +184,12 @@ def not_converged(record: JobRecord) -> str:
         )
     key = (record.engine or "LSQML").lower()
     still = "the loss was still improving"
-    if record.stop_rule == "object" and record.object_change:
+    if record.stop_rule == "object":
         still = (
             f"the object still changed by {record.object_change['low']:.2g} noise "
             "floors (ptychi_baseline.convergence.settled)"
+            if record.object_change
+            else "before the object rule's first measurement (its span, 5 epochs later)"
         )
     return (
         f"not converged: stopped by the epoch cap ({record.epochs_run} epochs) while "
