@@ -117,6 +117,8 @@ def test_a_cxi_scan_becomes_a_valid_study_in_object_pixels(tmp_path, scan):
     assert metadata["photon_energy_eV"] == pytest.approx(6200.0)
     assert metadata["geometry_from_parameters"] == []
     assert metadata["bad_pixels"] == len(BAD)
+    centre = (scan["x_m"].min() + scan["x_m"].max()) / 2
+    assert metadata["object_centre_x_m"] == pytest.approx(centre)
     # Amplitudes are sqrt(counts), the dead pixels zero; positions keep their spacing.
     rows = train["scan_index"]
     expected = np.sqrt(scan["counts"][rows].astype(np.float32))

@@ -115,6 +115,28 @@ def test_a_files_own_geometry_wins_over_the_nominal(tmp_path, study_file):
     assert io.load_product(path).metadata.photon_energy_eV == 6200.0
 
 
+def test_a_measured_scans_positions_keep_their_place_in_metres(tmp_path, study_file):
+    # What ingest records of a scan centred 1 mm right of and 2 mm below the origin.
+    centre = {"object_centre_x_m": 1e-3, "object_centre_y_m": -2e-3}
+    metadata = {**json.loads(str(study_file["_metadata"])), **centre}
+    arrays = {**study_file, "_metadata": np.array(json.dumps(metadata))}
+
+    _, made = reconstructed(tmp_path, arrays)
+
+    product = io.load_product(tmp_path / "out" / JOB.output_relpath / PRODUCT_FILE)
+    centre_of = product.object_.get_center()
+    assert (centre_of.x_m, centre_of.y_m) == (1e-3, -2e-3)
+    positions = product.probe_positions
+    assert positions.get_coordinates_x_m().mean() == pytest.approx(1e-3, abs=1e-5)
+    geometry = product.object_.get_geometry()
+    np.testing.assert_allclose(
+        geometry.map_probe_positions_to_object_x_px(positions), made.arrays["xcoords"]
+    )
+    np.testing.assert_allclose(
+        geometry.map_probe_positions_to_object_y_px(positions), made.arrays["ycoords"]
+    )
+
+
 def test_a_failed_job_writes_no_product(tmp_path, study_file):
     broken = {**study_file, "diffraction": study_file["diffraction"] * np.nan}
 

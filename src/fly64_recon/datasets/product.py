@@ -38,6 +38,7 @@ class Product:
     probe_photon_count: float
     object: np.ndarray  # (layers, H, W) complex
     object_pixel_m: float
+    object_centre_m: tuple[float, float]  # (x, y) of the object's centre pixel
     probe: np.ndarray  # (1, modes, N, N) complex
     position_indexes: np.ndarray
     position_x_m: np.ndarray
@@ -78,8 +79,7 @@ def product_bytes(product: Product) -> bytes:
         for dataset in (probe, obj):
             dataset.attrs["pixel_width_m"] = product.object_pixel_m
             dataset.attrs["pixel_height_m"] = product.object_pixel_m
-        obj.attrs["center_x_m"] = 0.0
-        obj.attrs["center_y_m"] = 0.0
+        obj.attrs["center_x_m"], obj.attrs["center_y_m"] = product.object_centre_m
         h5.create_dataset("object_layer_spacing_m", data=np.zeros(0))
         h5.create_dataset("loss_epochs", data=np.arange(len(product.loss)))
         h5.create_dataset("loss_values", data=product.loss.astype(np.float64))

@@ -24,6 +24,9 @@ PLANCK_EV_S = 4.135667696e-15
 LIGHT_M_PER_S = 299_792_458.0
 JOULES_PER_EV = 1.602176634e-19
 GEOMETRY_KEYS = ("photon_energy_eV", "detector_distance_m", "detector_pixel_size_m")
+# Where the object's centre pixel is in the scan's own frame (metres): a measured scan's
+# positions keep their place; a simulated object is centred at 0.
+CENTRE_KEYS = ("object_centre_x_m", "object_centre_y_m")
 
 
 @dataclass(frozen=True)

@@ -15,16 +15,21 @@ import numpy as np
 from fly64_recon import __version__
 from fly64_recon.datasets.product import Product
 from fly64_recon.record import JobRecord
-from fly64_recon.science.geometry import Geometry, pixels_to_metres
+from fly64_recon.science.geometry import CENTRE_KEYS, Geometry, pixels_to_metres
 
 
 def scan_geometry(
     metadata: Mapping, nominal: Mapping[str, float], patch_size: int
 ) -> dict[str, float]:
     """The record's geometry: the input's own where its ``_metadata`` has it, else the
-    nominal ``geometry`` parameters; and the object's pixel in metres."""
+    nominal ``geometry`` parameters; the object's pixel in metres; and where the
+    object's centre is in the scan's frame (a measured scan's, from ingest; else 0 m)."""
     geometry = Geometry.of(metadata, nominal)
-    return {**geometry.to_dict(), "object_pixel_m": geometry.object_pixel_m(patch_size)}
+    return {
+        **geometry.to_dict(),
+        "object_pixel_m": geometry.object_pixel_m(patch_size),
+        **{key: float(metadata.get(key, 0.0)) for key in CENTRE_KEYS},
+    }
 
 
 def job_product(record: JobRecord, arrays: Mapping[str, np.ndarray]) -> Product:
@@ -46,7 +51,10 @@ def job_product(record: JobRecord, arrays: Mapping[str, np.ndarray]) -> Product:
         object_pixel_m=pixel,
         probe=arrays["reconstructed_probe"],
         position_indexes=arrays["pattern_index"],
-        position_x_m=pixels_to_metres(arrays["xcoords"], width, pixel),
-        position_y_m=pixels_to_metres(arrays["ycoords"], height, pixel),
+        object_centre_m=(geometry["object_centre_x_m"], geometry["object_centre_y_m"]),
+        position_x_m=pixels_to_metres(arrays["xcoords"], width, pixel)
+        + geometry["object_centre_x_m"],
+        position_y_m=pixels_to_metres(arrays["ycoords"], height, pixel)
+        + geometry["object_centre_y_m"],
         loss=arrays["loss"],
     )
