@@ -15,24 +15,24 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
+import yaml
 from _common import machine, print_table
 
 from fly64_recon.datasets.npz import npz_bytes
 from fly64_recon.datasets.product import product_bytes
-from fly64_recon.pipelines.ptychi_baseline.product import job_product
+from fly64_recon.pipelines.ptychi_baseline.product import job_product, scan_geometry
 from fly64_recon.record import JobRecord, JobStatus
 from fly64_recon.study import Job
 
 # (name, positions, N, object side)
 SHAPES = (("embedded job", 512, 64, 512), ("full-scale job", 5152, 128, 464))
-GEOMETRY = {
-    "photon_energy_eV": 8000.0,
-    "detector_distance_m": 2.0,
-    "detector_pixel_size_m": 75e-6,
-    "object_pixel_m": 6.5e-8,
-}
+# The nominal geometry (conf/base/parameters_geometry.yml), the record's shape of it.
+NOMINAL = yaml.safe_load(
+    (Path(__file__).parents[1] / "conf/base/parameters_geometry.yml").read_text()
+)["geometry"]
 
 
 def job_arrays(positions: int, size: int, side: int) -> dict[str, np.ndarray]:
@@ -66,19 +66,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     print(machine())
-    record = JobRecord(
-        Job(1e4, "baseline", "test"),
-        JobStatus.SUCCEEDED,
-        engine="LSQML",
-        options_fingerprint="x" * 64,
-        photons_per_pattern=1e4,
-        geometry=GEOMETRY,
-    )
     rows = []
     for name, positions, size, side in SHAPES:
+        record = JobRecord(
+            Job(1e4, "baseline", "test"),
+            JobStatus.SUCCEEDED,
+            engine="LSQML",
+            options_fingerprint="x" * 64,
+            photons_per_pattern=1e4,
+            geometry=scan_geometry({}, NOMINAL, size),
+        )
         arrays = job_arrays(positions, size, side)
         product_s, product = median_s(
-            lambda arrays=arrays: product_bytes(job_product(record, arrays)),
+            lambda arrays=arrays, record=record: product_bytes(
+                job_product(record, arrays)
+            ),
             args.repeats,
         )
         npz_s, npz = median_s(lambda arrays=arrays: npz_bytes(arrays), args.repeats)
